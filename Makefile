@@ -1,0 +1,36 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-slow bench bench-gpu lint clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Distil the built-in digits teacher (a few minutes on 2 CPU cores), then report and picture.
+demo: $(STAMP)
+	$(BIN)/distill fit recipes/demo.yaml
+	$(BIN)/distill eval runs/demo --steps 1,2 --teacher-nfe 1,3,5,9,17,35 --num 1000 --out runs/demo/report.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow
+
+bench: $(STAMP)
+	$(BIN)/distill bench step --json runs/bench/step.json
+	$(BIN)/distill bench sample --json runs/bench/sample.json
+
+lint: $(STAMP)
+	$(BIN)/ruff check distill teachers tests
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,1 @@
+"""One module per `distill` subcommand (see distill/cli.py)."""

@@ -1,0 +1,328 @@
+"""Recipes: YAML + `base:` inheritance + `key=value` overrides -> one typed, validated config.
+
+The schema is the dataclasses below (OmegaConf structured configs), so an unknown key or a wrong
+type is caught before anything runs, and the error names the key and the valid choices.
+Rules (DESIGN.md, "Recipes"):
+- `base: other.yaml` (relative to the recipe) is loaded first; the recipe merges onto it.
+- A block that sets a different `name` or `target` than the one it would merge into replaces that
+  block instead of merging (so `teacher.name=edm teacher.path=x.pkl` does not inherit digits' kwargs).
+- `run.smoke=true` shrinks any recipe to a seconds-long CPU run (see `apply_smoke`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A recipe that cannot run as written. The message names the key and how to fix it."""
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    seed: int = 0
+    smoke: bool = False  # seconds-long CPU run of any recipe: tiny nets, random teacher, synthetic data
+
+
+@dataclass
+class TrainerConfig:
+    """Handed to lightning.Trainer (names as Lightning spells them)."""
+    max_steps: int = 1000
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    log_every_n_steps: int = 50
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class DataConfig:
+    # teacher: exact samples of an analytic teacher; digits/toy2d: built-in sets; synthetic: noise
+    # of the teacher's shape (smoke runs; CD needs the data only to start trajectories).
+    name: str = "teacher"
+    batch_size: int = 128
+    num_workers: int = 0
+    path: str | None = None
+    size: int = 0  # number of samples drawn for `teacher`/`synthetic` sets (0: a default)
+
+
+@dataclass
+class StudentConfig:
+    # auto: copy the teacher's backbone when it has one, else build `network`.
+    init: str = "auto"
+    network: dict[str, Any] = field(default_factory=lambda: {"name": "small_unet", "width": 32,
+                                                             "channel_mult": [1, 2], "num_blocks": 1})
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    # Student sigmas for 2 and 3 steps (the first is sigma_max); 1 step is [sigma_max].
+    sigmas_2: list[float] = field(default_factory=lambda: [80.0, 2.0])
+    sigmas_3: list[float] = field(default_factory=lambda: [80.0, 5.0, 0.8])
+    compile: bool = False
+    checkpointing: bool = False
+
+
+@dataclass
+class MethodConfig:
+    name: str = "cd"
+    solver: str = "heun"  # teacher ODE step that builds the CD target
+    N: int = 18  # number of levels of the Karras grid (CM paper, Alg. 2)
+    rho: float = 7.0
+    mu: float = 0.0  # target-network rate; 0 = stop-gradient of the student (CM paper, CIFAR-10 CD)
+    index_sampling: str = "uniform"
+    target_dtype: str = "float64"
+
+
+@dataclass
+class LossConfig:
+    name: str = "l2"
+    weighting: str = "uniform"
+    c: float | None = None  # pseudo-Huber constant; None = 0.00054 sqrt(d) (iCT)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 5e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+
+
+@dataclass
+class EmaConfig:
+    rates: list[float] = field(default_factory=lambda: [0.999])  # evaluation averages of the student
+
+
+@dataclass
+class EvalConfig:
+    every_n_steps: int = 0  # 0: evaluate only at the end
+    num: int = 1000
+    steps: list[int] = field(default_factory=lambda: [1, 2])
+    grid_every_n_steps: int = 0  # sample grids; 0: only at the end
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int = 500
+
+
+@dataclass
+class Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    teacher: dict[str, Any] = field(default_factory=lambda: {"name": "digits"})
+    data: DataConfig = field(default_factory=DataConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+# Keys that may differ when `distill fit` resumes an existing run directory (DESIGN.md).
+RESUMABLE_KEYS = ("trainer.max_steps", "trainer.log_every_n_steps", "trainer.enable_progress_bar",
+                  "eval.", "checkpoint.every_n_steps")
+
+# Choices checked after the schema (the schema checks names and types).
+CHOICES = {
+    "student.init": ("auto", "teacher", "network"),
+    "method.solver": ("heun", "euler"),
+    "method.index_sampling": ("uniform", "lognormal"),
+    "method.target_dtype": ("float64", "float32"),
+    "loss.name": ("l2", "l1", "pseudo_huber"),
+    "loss.weighting": ("uniform", "snr", "karras", "inverse_delta"),
+    "optim.name": ("adam", "radam", "adamw"),
+    "data.name": ("teacher", "digits", "toy2d", "synthetic"),
+}
+
+
+def register_choices(key: str, *values: str) -> None:
+    """Let a module add valid values (e.g. a new method) without editing this file."""
+    CHOICES[key] = tuple(dict.fromkeys(CHOICES.get(key, ()) + values))
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping of blocks, got {type(data).__name__}")
+    return data
+
+
+def _identity(block: Any) -> tuple | None:
+    if isinstance(block, dict) and ("name" in block or "target" in block):
+        return block.get("name"), block.get("target")
+    return None
+
+
+def merge_blocks(base: dict, child: dict) -> dict:
+    """Deep merge where a child block with another name/target replaces the base block."""
+    out = dict(base)
+    for key, value in child.items():
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            new_id, old_id = _identity(value), _identity(old)
+            out[key] = dict(value) if new_id is not None and new_id != old_id else merge_blocks(old, value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml_chain(path: str | Path, _seen: tuple = ()) -> dict:
+    """A recipe with its `base:` chain resolved (paths relative to each recipe)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"recipe inheritance loops: {' -> '.join(map(str, _seen + (path,)))}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    return merge_blocks(load_yaml_chain(path.parent / base, _seen + (path,)), data)
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`a.b=value` strings -> a nested dict; values parsed as YAML (so 1e-4, true, [1, 2] work)."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. trainer.max_steps=100)")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of {p!r}")
+        node[parts[-1]] = value
+    return nested
+
+
+def _schema_fields(path: str) -> list[str]:
+    node: Any = Recipe
+    for part in [p for p in path.split(".") if p]:
+        hints = {f.name: f for f in dataclasses.fields(node)}
+        f = hints.get(part)
+        if f is None:
+            return []
+        node = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if not dataclasses.is_dataclass(node):
+            return []
+        node = type(node)
+    return [f.name for f in dataclasses.fields(node)]
+
+
+def _explain(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None) or ""
+    if isinstance(err, ConfigKeyError) or "not in" in str(err):
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        valid = _schema_fields(parent)
+        where = parent or "the top level"
+        return (f"unknown key {key!r}; valid keys in {where}: {', '.join(valid)}" if valid
+                else f"unknown key {key!r}")
+    if isinstance(err, ValidationError):
+        msg = str(err).splitlines()[0]
+        return f"{key}: {msg}"
+    return f"{key}: {str(err).splitlines()[0]}"
+
+
+def to_config(data: dict) -> DictConfig:
+    """Validate a plain dict against the schema; returns a typed, read-only DictConfig."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(Recipe), data)
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err)) from None
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of {', '.join(choices)}")
+    if cfg.method.N < 2:
+        raise ConfigError(f"method.N must be at least 2, got {cfg.method.N}")
+    if cfg.data.batch_size < 1:
+        raise ConfigError(f"data.batch_size must be positive, got {cfg.data.batch_size}")
+    if not (0.0 <= cfg.method.mu < 1.0):
+        raise ConfigError(f"method.mu must lie in [0, 1), got {cfg.method.mu}")
+    if not cfg.student.sigma_min < cfg.student.sigma_max:
+        raise ConfigError("student.sigma_min must be below student.sigma_max")
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def apply_smoke(data: dict) -> dict:
+    """run.smoke=true: a seconds-long CPU run of the same recipe (DESIGN.md, "Recipes").
+
+    Tiny student network, the teacher family's smoke variant (random weights, no file), synthetic
+    data of the recipe's shape, two optimizer steps, a small evaluation.
+    """
+    smoke = merge_blocks(data, {
+        "trainer": {"max_steps": 2, "accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
+                    "precision": "32-true", "log_every_n_steps": 1, "enable_progress_bar": False},
+        "data": {"batch_size": 4, "num_workers": 0, "size": 16},
+        "eval": {"every_n_steps": 0, "num": 16, "grid_every_n_steps": 0},
+        "checkpoint": {"every_n_steps": 1},
+        "teacher": {"smoke": True},
+    })
+    if smoke.get("data", {}).get("name") not in (None, "teacher", "digits", "toy2d"):
+        smoke["data"]["name"] = "synthetic"
+    net = dict(smoke.get("student", {}).get("network") or {"name": "small_unet"})
+    if net.get("name") == "small_unet":
+        net.update(width=8, channel_mult=[1, 2], num_blocks=1)
+    elif net.get("name") == "mlp":
+        net.update(width=16, depth=1)
+    smoke.setdefault("student", {})["network"] = net
+    smoke["student"]["init"] = "network"
+    return smoke
+
+
+def resolve(recipe: str | Path | None, overrides: list[str] = ()) -> DictConfig:
+    """Recipe path + overrides -> validated config."""
+    data = load_yaml_chain(recipe) if recipe is not None else {}
+    data = merge_blocks(data, parse_overrides(list(overrides)))
+    if data.get("run", {}).get("smoke"):
+        data = apply_smoke(data)
+    return to_config(data)
+
+
+def to_plain(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        full = f"{prefix}{k}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += diff_keys(va, vb, full + ".")
+        elif va != vb:
+            keys.append(full)
+    return keys
+
+
+def blocking_differences(old: dict, new: dict) -> list[str]:
+    """Keys that differ between a run's saved config and the new one and may not change on resume."""
+    return [k for k in diff_keys(old, new)
+            if not any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_KEYS)]

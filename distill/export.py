@@ -1,0 +1,155 @@
+"""The student export: `student.safetensors` + `student.json`, enough to rebuild it without the teacher.
+
+Also reads a student back from a run directory, an export, or a training `.ckpt` (weights only:
+checkpoints are loaded with `torch.load(weights_only=True)`, never unpickled as code).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.precond import ConsistencyStudent
+from teachers.feeding import build_feeding
+from teachers.networks import build_network
+
+SCHEMA_VERSION = 1
+
+
+class StudentLoadError(ValueError):
+    """A path that does not hold a loadable student. The message says what was expected."""
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def student_metadata(cfg, teacher, student: ConsistencyStudent) -> dict[str, Any]:
+    """Everything student.json records (DESIGN.md, "Files and numbers"), minus the weights' name."""
+    from omegaconf import OmegaConf
+
+    recipe = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    tspec = dict(getattr(teacher, "spec", {}) or recipe.get("teacher", {}))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "recipe": recipe,
+        "teacher": {"spec": tspec, "class": type(teacher).__name__,
+                    "sha256": getattr(teacher, "file_sha256", None), "licence": getattr(teacher, "licence", None)},
+        "network": dict(student.net.build_spec),
+        "feeding": student.feeding.spec(),
+        "sigma_min": student.sigma_min,
+        "sigma_max": student.sigma_max,
+        "sigma_data": student.sigma_data,
+        "image_shape": list(student.image_shape),
+        "num_classes": student.num_classes,
+        "sampling_sigmas": {"1": [student.sigma_max],
+                            "2": [student.sigma_max] + list(recipe["student"]["sigmas_2"][1:]),
+                            "3": [student.sigma_max] + list(recipe["student"]["sigmas_3"][1:])},
+        "reference_stats": None,
+    }
+
+
+def rebuild_student(meta: dict[str, Any]) -> ConsistencyStudent:
+    net_spec = dict(meta["network"])
+    net = build_network(net_spec.pop("name"), **net_spec)
+    student = ConsistencyStudent(net, build_feeding(meta["feeding"]), sigma_min=meta["sigma_min"],
+                                 sigma_max=meta["sigma_max"], sigma_data=meta["sigma_data"],
+                                 image_shape=tuple(meta["image_shape"]), num_classes=meta["num_classes"])
+    student.sampling_sigmas = meta.get("sampling_sigmas", {})
+    student.meta = meta
+    return student
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to path.tmp in the same folder, fsync, rename: a crash leaves the old file or the new one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_export(run_dir: Path, meta: dict[str, Any], state: dict[str, torch.Tensor], weights: str) -> Path:
+    from safetensors.torch import save
+
+    meta = dict(meta, weights=weights)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    atomic_write_bytes(run_dir / "student.safetensors", save(tensors, metadata={"weights": weights}))
+    atomic_write_bytes(run_dir / "student.json", (json.dumps(meta, indent=2) + "\n").encode())
+    return run_dir / "student.safetensors"
+
+
+def _load_ckpt(path: Path) -> ConsistencyStudent:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we read"
+        raise StudentLoadError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); "
+                               "expected a .ckpt written by `distill fit`") from None
+    if "distill" not in ckpt:
+        raise StudentLoadError(f"{path}: a checkpoint without the 'distill' record; was it written by "
+                               "`distill fit`?")
+    meta = ckpt["distill"]
+    student = rebuild_student(meta)
+    ema = (ckpt.get("callbacks") or {}).get("StudentEMA") or {}
+    averages = ema.get("averages") or {}
+    if averages:
+        rate = sorted(averages)[0] if meta.get("ema_rates") is None else str(meta["ema_rates"][0])
+        student.net.load_state_dict(averages[rate])
+        student.meta = dict(meta, weights=f"ema_{rate}")
+    else:
+        prefix = "student.net."
+        student.net.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items()
+                                     if k.startswith(prefix)})
+        student.meta = dict(meta, weights="online")
+    return student
+
+
+def load_student(path: str | os.PathLike, device: str | torch.device = "cpu") -> ConsistencyStudent:
+    """A run directory, a student.safetensors (student.json beside it) or a .ckpt -> the student, in eval."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "student.safetensors").is_file():
+            path = path / "student.safetensors"
+        elif (path / "checkpoints" / "last.ckpt").is_file():
+            path = path / "checkpoints" / "last.ckpt"
+        else:
+            raise StudentLoadError(f"{path}: no student.safetensors or checkpoints/last.ckpt in this run "
+                                   "directory; has `distill fit` finished a step?")
+    if not path.exists():
+        raise StudentLoadError(f"{path}: no such file; give a run directory, a student.safetensors or a .ckpt")
+    if path.suffix == ".ckpt":
+        student = _load_ckpt(path)
+    elif path.suffix == ".safetensors":
+        meta_path = path.with_suffix(".json")
+        if not meta_path.is_file():
+            raise StudentLoadError(f"{path}: {meta_path.name} must sit beside it (it records the network "
+                                   "and sigma range); copy both files together")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise StudentLoadError(f"{meta_path}: not valid JSON ({err})") from None
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # noqa: BLE001
+            raise StudentLoadError(f"{path}: not a readable safetensors file ({err})") from None
+        student = rebuild_student(meta)
+        try:
+            student.net.load_state_dict(state)
+        except RuntimeError as err:
+            raise StudentLoadError(f"{path}: weights do not match the network in {meta_path.name}: "
+                                   f"{str(err).splitlines()[0]}") from None
+    else:
+        raise StudentLoadError(f"{path}: expected a run directory, a .safetensors or a .ckpt")
+    return student.to(device).eval().requires_grad_(False)

@@ -1,0 +1,52 @@
+"""Per-sample distances d(a, b) and the weighting lambda(sigma); the training step does the mean.
+
+Each distance returns one value per sample (shape (B,)), so weighting and reduction stay in one
+visible place (the training step).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def l2(a: torch.Tensor, b: torch.Tensor, **_) -> torch.Tensor:
+    """Mean squared error per sample (CM paper's l2 metric, up to the constant dimension factor)."""
+    return (a - b).flatten(1).pow(2).mean(1)
+
+
+def l1(a: torch.Tensor, b: torch.Tensor, **_) -> torch.Tensor:
+    return (a - b).flatten(1).abs().mean(1)
+
+
+def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float | None = None, **_) -> torch.Tensor:
+    """iCT (Song & Dhariwal 2023, eq. 9): sqrt(||a - b||^2 + c^2) - c on the per-sample norm.
+
+    c defaults to 0.00054 sqrt(d), d the number of dimensions of one sample.
+    """
+    diff = (a - b).flatten(1)
+    if c is None:
+        c = 0.00054 * math.sqrt(diff.shape[1])
+    return (diff.pow(2).sum(1) + c * c).sqrt() - c
+
+
+DISTANCES = {"l2": l2, "l1": l1, "pseudo_huber": pseudo_huber}
+
+
+def weighting(kind: str, sigma_next: torch.Tensor, sigma_cur: torch.Tensor,
+              sigma_data: float = 0.5) -> torch.Tensor:
+    """lambda for the pair (t_n = sigma_cur, t_{n+1} = sigma_next).
+
+    uniform: 1 (CM paper). snr: 1/sigma^2 at t_n. karras: EDM's (s^2 + sd^2) / (s sd)^2 at t_n.
+    inverse_delta: 1 / (t_{n+1} - t_n) (iCT, sec. 3.3).
+    """
+    if kind == "uniform":
+        return torch.ones_like(sigma_cur)
+    if kind == "snr":
+        return sigma_cur.pow(-2)
+    if kind == "karras":
+        return (sigma_cur**2 + sigma_data**2) / (sigma_cur * sigma_data) ** 2
+    if kind == "inverse_delta":
+        return 1.0 / (sigma_next - sigma_cur)
+    raise ValueError(f"unknown loss weighting {kind!r}; choose uniform, snr, karras or inverse_delta")

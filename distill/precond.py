@@ -1,0 +1,44 @@
+"""The consistency-model parameterisation: f(x, s) = c_skip(s) x + c_out(s) F(x, s), f(x, s_min) = x.
+
+Song et al. 2023 (Consistency Models), appendix C: c_skip = sd^2 / ((s - s_min)^2 + sd^2) and
+c_out = (s - s_min) sd / sqrt(s^2 + sd^2). At s = s_min, c_skip = 1 and c_out = 0 exactly, so the
+boundary condition holds by construction, in any float type.
+
+F is EDM's F-parameterisation of the backbone, fed exactly as the teacher feeds it
+(`teachers.base.BackboneFeeding`), so a student copied from the teacher's backbone starts equal to
+the teacher's denoiser except near s_min (DESIGN.md, "The student").
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from teachers.base import BackboneFeeding, expand_like, sigma_per_sample
+
+
+def consistency_scalings(sigma: torch.Tensor, sigma_min: float, sigma_data: float):
+    c_skip = sigma_data**2 / ((sigma - sigma_min) ** 2 + sigma_data**2)
+    c_out = (sigma - sigma_min) * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+    return c_skip, c_out
+
+
+class ConsistencyStudent(nn.Module):
+    """f_theta(x, sigma, cond). `net` is the trained network; `feeding` says how it is fed."""
+
+    def __init__(self, net: nn.Module, feeding: BackboneFeeding, *, sigma_min: float, sigma_max: float,
+                 sigma_data: float, image_shape: tuple[int, ...], num_classes: int = 0):
+        super().__init__()
+        self.net = net
+        self.feeding = feeding
+        self.sigma_min = float(sigma_min)
+        self.sigma_max = float(sigma_max)
+        self.sigma_data = float(sigma_data)
+        self.image_shape = tuple(image_shape)
+        self.num_classes = int(num_classes)
+
+    def forward(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
+        sigma = sigma_per_sample(sigma, x)
+        c_skip, c_out = consistency_scalings(sigma, self.sigma_min, self.sigma_data)
+        F = self.feeding.F(self.net, x, sigma, cond).to(x.dtype)
+        return expand_like(c_skip, x) * x + expand_like(c_out, x) * F

@@ -1,0 +1,39 @@
+"""Noise-level and class embeddings shared by the small networks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class PositionalEmbedding(nn.Module):
+    """Sinusoidal embedding of the scalar noise input c_noise (Transformer-style, as in DDPM++)."""
+
+    def __init__(self, dim: int, max_positions: int = 10000):
+        super().__init__()
+        half = dim // 2
+        freqs = torch.exp(-math.log(max_positions) * torch.arange(half, dtype=torch.float32) / half)
+        self.register_buffer("freqs", freqs, persistent=False)
+
+    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
+        # c_noise = ln(sigma)/4 lies in about [-1.6, 1.1]; scale it so the low frequencies still vary.
+        args = (c_noise.float() * 250.0)[:, None] * self.freqs[None, :]
+        return torch.cat([args.cos(), args.sin()], dim=1)
+
+
+class ConditionEmbedding(nn.Module):
+    """Noise embedding plus an optional class embedding, mixed by a small MLP."""
+
+    def __init__(self, dim: int, num_classes: int = 0):
+        super().__init__()
+        self.noise = PositionalEmbedding(dim)
+        self.label = nn.Embedding(num_classes, dim) if num_classes else None
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 2), nn.SiLU(), nn.Linear(dim * 2, dim * 2))
+
+    def forward(self, c_noise: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        emb = self.noise(c_noise)
+        if self.label is not None and cond is not None:
+            emb = emb + self.label(cond.long())
+        return self.mlp(emb)
