@@ -55,7 +55,14 @@ class DataConfig:
     batch_size: int = 128
     num_workers: int = 0
     path: str | None = None
-    size: int = 0  # number of samples drawn for `teacher`/`synthetic` sets (0: a default)
+    size: int = 0  # number of samples drawn for `teacher`/`synthetic`/`patches` sets (0: a default)
+    # folder (class = subfolder) and zip (EDM dataset zip) load data.path into memory (exact resume);
+    # webdataset streams shards from data.path (a path, a {000..099} brace pattern, or pipe:CMD).
+    xflip: bool = False  # also use left-right mirrored images (doubles in-memory sets, as EDM's --xflip)
+    corrupt: str = "skip"  # undecodable images / broken shards: skip (count and log) or strict (fail)
+    resampled: bool = True  # webdataset: draw shards with replacement, so every rank sees as many batches
+    epoch_batches: int = 1000  # webdataset: batches per rank per epoch (WebLoader.with_epoch)
+    shuffle_buffer: int = 1000  # webdataset: samples held for shuffling
 
 
 @dataclass
@@ -80,8 +87,25 @@ class MethodConfig:
     N: int = 18  # number of levels of the Karras grid (CM paper, Alg. 2)
     rho: float = 7.0
     mu: float = 0.0  # target-network rate; 0 = stop-gradient of the student (CM paper, CIFAR-10 CD)
-    index_sampling: str = "uniform"
+    index_sampling: str = "auto"  # uniform | lognormal (iCT); auto: the method's (distill/methods.py)
     target_dtype: str = "float64"
+    # Target solver (distill/targets.py): k teacher steps per target; pairs `skip` grid intervals apart.
+    solver_steps: int = 1
+    skip: int = 1
+    # Curricula (distill/curriculum.py), functions of the global step; auto: the method's own.
+    curriculum: str = "auto"  # fixed (N) | ct (CM app. C) | ict (doubling, iCT eq. 8) | ect (ECT r(t))
+    mu_schedule: str = "auto"  # fixed (mu) | adaptive (CM app. C: exp(s0 ln mu0 / N(k))) | none (stop-grad)
+    mu0: float = 0.9  # adaptive mu's rate at N = s0 (CM paper, CIFAR-10 CT)
+    s0: int | None = None  # N(k) from s0 + 1 ...; None: the paper's (CT 2, iCT 10)
+    s1: int | None = None  # ... to s1 + 1 levels; None: the paper's (CT 150, iCT 1280)
+    total_steps: int | None = None  # K of the curricula; None: trainer.max_steps
+    p_mean: float = -1.1  # lognormal over ln(sigma) (iCT index sampling, ECT's t)
+    p_std: float = 2.0
+    ect_q: float = 2.0  # ECT: the gap t - r shrinks by q every ect_stage_steps (None: K / 8)
+    ect_stage_steps: int | None = None
+    ect_k: float = 8.0  # ECT's n(t) = 1 + k sigmoid(-b t)
+    ect_b: float = 1.0
+    dropout: float | None = None  # rate of the student's dropout layers; None: as the network was built
 
 
 @dataclass
@@ -89,6 +113,12 @@ class LossConfig:
     name: str = "l2"
     weighting: str = "uniform"
     c: float | None = None  # pseudo-Huber constant; None = 0.00054 sqrt(d) (iCT)
+    # LPIPS (distill/lpips.py): local VGG16 (torchvision format) and the lpips package's linear heads
+    # (None: the copy the installed `lpips` package ships); the CM paper's avg-pool and 224 px upsampling.
+    lpips_backbone_path: str | None = None
+    lpips_heads_path: str | None = None
+    lpips_avg_pool: bool = True
+    lpips_resize: int = 224
 
 
 @dataclass
@@ -112,6 +142,11 @@ class EvalConfig:
     num: int = 1000
     steps: list[int] = field(default_factory=lambda: [1, 2])
     grid_every_n_steps: int = 0  # sample grids; 0: only at the end
+    fid: bool = True  # FID during training (distill/callbacks/fid.py); needs exact samples or eval.ref
+    # auto | inception | digits | pixel | 'package.module:attr' (distill/metrics/extractors.py)
+    features: str = "auto"
+    inception_path: str | None = None  # pt_inception-2015-12-05-6726825d.pth; never downloaded
+    ref: str | None = None  # reference statistics .npz (default: the analytic teacher's exact samples)
 
 
 @dataclass
@@ -134,6 +169,9 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
+# Blocks typed as free-form dicts (their keys depend on the teacher family or network chosen).
+FREE_FORM_BLOCKS = (("teacher", None), ("student", "network"))
+
 # Keys that may differ when `distill fit` resumes an existing run directory (DESIGN.md).
 RESUMABLE_KEYS = ("trainer.max_steps", "trainer.log_every_n_steps", "trainer.enable_progress_bar",
                   "eval.", "checkpoint.every_n_steps")
@@ -142,12 +180,16 @@ RESUMABLE_KEYS = ("trainer.max_steps", "trainer.log_every_n_steps", "trainer.ena
 CHOICES = {
     "student.init": ("auto", "teacher", "network"),
     "method.solver": ("heun", "euler"),
-    "method.index_sampling": ("uniform", "lognormal"),
+    "method.name": ("cd", "ct", "ict", "ect"),
+    "method.index_sampling": ("auto", "uniform", "lognormal"),
+    "method.curriculum": ("auto", "fixed", "ct", "ict", "ect"),
+    "method.mu_schedule": ("auto", "fixed", "adaptive", "none"),
     "method.target_dtype": ("float64", "float32"),
-    "loss.name": ("l2", "l1", "pseudo_huber"),
+    "loss.name": ("l2", "l1", "pseudo_huber", "lpips"),
     "loss.weighting": ("uniform", "snr", "karras", "inverse_delta"),
     "optim.name": ("adam", "radam", "adamw"),
-    "data.name": ("teacher", "digits", "toy2d", "synthetic"),
+    "data.name": ("teacher", "digits", "toy2d", "synthetic", "patches", "folder", "zip", "webdataset"),
+    "data.corrupt": ("skip", "strict"),
 }
 
 
@@ -250,8 +292,16 @@ def _explain(err: OmegaConfBaseException) -> str:
 
 def to_config(data: dict) -> DictConfig:
     """Validate a plain dict against the schema; returns a typed, read-only DictConfig."""
+    # Defaults are merged with the same block rule as `base:` (a teacher block naming another teacher
+    # does not inherit the default teacher's kwargs); the schema then checks names and types.
+    defaults = OmegaConf.to_container(OmegaConf.structured(Recipe))
     try:
-        cfg = OmegaConf.merge(OmegaConf.structured(Recipe), data)
+        merged = merge_blocks(defaults, data)
+        cfg = OmegaConf.merge(OmegaConf.structured(Recipe), merged)
+        # OmegaConf unions free-form dicts with the schema's default dict; set them as merged above.
+        for block, key in FREE_FORM_BLOCKS:
+            value = merged[block][key] if key else merged[block]
+            OmegaConf.update(cfg, f"{block}.{key}" if key else block, value, merge=False)
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None
     for key, choices in CHOICES.items():

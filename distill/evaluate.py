@@ -1,20 +1,23 @@
 """The quality report (DESIGN.md, report.json): the student at 1, 2, ... steps against the teacher's EDM
 Heun sampler at several NFE, from the same noise.
 
-fd_pixel: Frechet distance of raw pixels against true samples. traj_rmse: RMS error of an output against
-the exact ODE endpoint from the same noise (reference solver, tight tolerance) for the 1-step student
-and every teacher NFE.
+Entry fields: fd_pixel (Frechet distance of raw pixels against true samples); fid (Frechet distance in
+the named feature space, `features`); precision/recall (Kynkaanniemi et al. 2019, k = 3, in that feature
+space) when true samples are at hand; traj_rmse (RMS error of an output against the exact ODE endpoint
+from the same noise, reference solver at tight tolerance) for the 1-step student and every teacher NFE.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from distill.metrics.frechet import frechet_distance, gaussian_stats
-from distill.sampling import consistency_sample, default_sigmas, per_sample_noise
+from distill.metrics.reference import ReferenceStats, exact_samples
+from distill.sampling import consistency_sample, per_sample_noise
 from distill.solvers import edm_sampler, reference_solution, teacher_sigmas
 
 
@@ -23,9 +26,20 @@ def rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def true_samples(teacher, num: int, seed: int) -> torch.Tensor:
-    if not hasattr(teacher, "sample"):
-        raise ValueError(f"{type(teacher).__name__} cannot draw exact samples; give reference statistics")
-    return teacher.sample(num, torch.Generator().manual_seed(seed + 0x5EED))
+    return exact_samples(teacher, num, seed)
+
+
+def sigmas_for_steps(student, steps: int) -> list[float]:
+    """The student's sampling sigmas for `steps` (student.json's table: 1, 2, 3 steps); more steps than the
+    table holds fall back to the Karras levels of steps + 1 points without the last (sigma_min)."""
+    table = getattr(student, "sampling_sigmas", {}) or {}
+    if str(steps) in table:
+        return [float(s) for s in table[str(steps)]]
+    if steps == 1:
+        return [student.sigma_max]
+    from distill.schedules import karras_sigmas
+
+    return [float(s) for s in karras_sigmas(steps + 1, student.sigma_min, student.sigma_max)[:-1]]
 
 
 @torch.no_grad()
@@ -35,7 +49,7 @@ def generate(student, teacher, *, steps: Sequence[int], teacher_nfe: Sequence[in
 
     Sample i uses seed + i for its noise, so student and teacher rows start from the same x_T.
     """
-    sigmas_by_step = {k: (sigmas_override or {}).get(k) or default_sigmas(student, k) for k in steps}
+    sigmas_by_step = {k: (sigmas_override or {}).get(k) or sigmas_for_steps(student, k) for k in steps}
     draws = max(len(s) for s in sigmas_by_step.values()) if steps else 1
     smin, smax = student.sigma_min, student.sigma_max
     out = {"student": {k: [] for k in steps}, "teacher": {n: [] for n in teacher_nfe}, "reference": []}
@@ -49,7 +63,8 @@ def generate(student, teacher, *, steps: Sequence[int], teacher_nfe: Sequence[in
         noise = per_sample_noise(seeds, student.image_shape, draws)
         cond = None if labels_all is None else labels_all[start:start + len(seeds)]
         for k in steps:
-            out["student"][k].append(consistency_sample(student, noise, sigmas_by_step[k], cond).double().cpu())
+            x = consistency_sample(student, noise, sigmas_by_step[k], cond)
+            out["student"][k].append(x.double().cpu())
         for nfe in teacher_nfe:
             grid = teacher_sigmas(nfe, smin, smax, round_sigma=getattr(teacher, "round_sigma", lambda s: s))
             out["teacher"][nfe].append(edm_sampler(teacher.denoise, noise[0], grid, cond).double().cpu())
@@ -62,14 +77,39 @@ def generate(student, teacher, *, steps: Sequence[int], teacher_nfe: Sequence[in
             "reference": cat(out["reference"]), "labels": labels_all, "sigmas": sigmas_by_step}
 
 
-def report(samples: dict, reference_images: torch.Tensor, reference_name: str) -> dict:
-    """report.json's shape from generated samples and true samples."""
-    mu_r, s_r = gaussian_stats(reference_images.flatten(1))
+def report(samples: dict, reference_images: torch.Tensor | None, reference_name: str, *, extractor=None,
+           ref_stats: ReferenceStats | None = None, pr_k: int | None = 3) -> dict:
+    """report.json's shape from generated samples and the reference.
+
+    `extractor` (distill.metrics.extractors.Extractor; None = pixels) names the FID feature space.
+    `ref_stats` (from --ref) replaces the statistics of `reference_images` in that space; its pixel
+    statistics, when recorded, serve fd_pixel. precision/recall need `reference_images` (k-NN manifolds).
+    """
+    if extractor is None:
+        from distill.metrics.extractors import Extractor, PixelFeatures
+
+        extractor = Extractor(PixelFeatures(), "pixel")
+    pixel_ref = gaussian_stats(reference_images.flatten(1)) if reference_images is not None else \
+        (ref_stats.pixel if ref_stats is not None else None)
+    ref_feats = extractor(reference_images) if reference_images is not None else None
+    if ref_stats is not None and ref_stats.mu is not None:
+        feat_ref = (ref_stats.mu, ref_stats.sigma)
+    elif ref_feats is not None:
+        feat_ref = gaussian_stats(ref_feats)
+    else:
+        raise ValueError("no reference: give true samples or reference statistics (--ref FILE)")
     ref_end = samples["reference"]
 
     def row(x, with_traj):
-        mu, s = gaussian_stats(x.flatten(1))
-        entry = {"fd_pixel": frechet_distance(mu, s, mu_r, s_r)}
+        entry = {}
+        if pixel_ref is not None:
+            entry["fd_pixel"] = frechet_distance(*gaussian_stats(x.flatten(1)), *pixel_ref)
+        feats = extractor(x)
+        entry["fid"] = frechet_distance(*gaussian_stats(feats), *feat_ref)
+        if pr_k and ref_feats is not None:
+            from distill.metrics.precision_recall import precision_recall
+
+            entry.update(precision_recall(ref_feats, feats, k=pr_k))
         if with_traj and ref_end is not None:
             entry["traj_rmse"] = rms(x, ref_end)
         return entry
@@ -79,19 +119,57 @@ def report(samples: dict, reference_images: torch.Tensor, reference_name: str) -
         "student": {str(k): row(x, k == 1) for k, x in samples["student"].items()},
         "teacher": {str(n): row(x, True) for n, x in samples["teacher"].items()},
         "num_samples": int(num),
-        "features": "pixel",
-        "reference": reference_name,
+        "features": extractor.name,
+        "reference": ref_stats.description if ref_stats is not None and ref_stats.mu is not None
+        else reference_name,
         "student_sigmas": {str(k): list(map(float, v)) for k, v in samples["sigmas"].items()},
     }
 
 
+COLUMNS = ("fid", "fd_pixel", "traj_rmse", "precision", "recall")
+
+
 def format_table(rep: dict) -> str:
-    lines = [f"{'sampler':<22}{'fd_pixel':>12}{'traj_rmse':>12}" + (f"{'fid':>12}" if any(
-        "fid" in e for part in ("student", "teacher") for e in rep[part].values()) else "")]
+    entries = [e for part in ("student", "teacher") for e in rep[part].values()]
+    cols = [c for c in COLUMNS if any(c in e for e in entries)]
+    lines = [f"{'sampler':<22}" + "".join(f"{c:>12}" for c in cols)]
     for part, label in (("student", "student, {} step(s)"), ("teacher", "teacher Heun, NFE {}")):
         for key, e in rep[part].items():
-            traj = f"{e['traj_rmse']:.4f}" if "traj_rmse" in e else "-"
-            fid = f"{e['fid']:12.4f}" if "fid" in e else ""
-            lines.append(f"{label.format(key):<22}{e['fd_pixel']:>12.4f}{traj:>12}{fid}")
-    lines.append(f"({rep['num_samples']} samples; reference: {rep['reference']})")
+            cells = "".join(f"{e[c]:>12.4f}" if c in e else f"{'-':>12}" for c in cols)
+            lines.append(f"{label.format(key):<22}{cells}")
+    lines.append(f"({rep['num_samples']} samples; features: {rep['features']}; "
+                 f"reference: {rep['reference']})")
     return "\n".join(lines)
+
+
+def plot_fid_vs_nfe(rep: dict, path: str | Path, metric: str = "fid") -> Path:
+    """FID against network evaluations: the student at k steps (k NFE) as points, the teacher's Heun
+    sampler as a line; log x axis (and log y, FID spans orders of magnitude across NFE)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    t = sorted((int(n), e[metric]) for n, e in rep["teacher"].items() if metric in e)
+    s = sorted((int(k), e[metric]) for k, e in rep["student"].items() if metric in e)
+    if t:
+        ax.plot(*zip(*t, strict=True), "o-", color="tab:blue", label="teacher (EDM Heun)")
+    if s:
+        ax.plot(*zip(*s, strict=True), "s--", color="tab:red", markersize=8, label="student (consistency)")
+        for k, v in s:
+            ax.annotate(f"{k} step{'s' if k > 1 else ''}", (k, v), textcoords="offset points", xytext=(6, 4),
+                        fontsize=8)
+    ax.set_xscale("log")
+    if all(v > 0 for _, v in t + s):
+        ax.set_yscale("log")
+    ax.set_xlabel("network evaluations (NFE)")
+    ax.set_ylabel(f"{metric.upper() if metric == 'fid' else metric} ({rep['features']})", fontsize=8)
+    ax.set_title(f"{metric} vs NFE, {rep['num_samples']} samples", fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from distill.api import Student  # the ConsistencyStudent with sample/edit methods that users hold
 from distill.precond import ConsistencyStudent
 from teachers.feeding import build_feeding
 from teachers.networks import build_network
@@ -61,9 +62,9 @@ def student_metadata(cfg, teacher, student: ConsistencyStudent) -> dict[str, Any
 def rebuild_student(meta: dict[str, Any]) -> ConsistencyStudent:
     net_spec = dict(meta["network"])
     net = build_network(net_spec.pop("name"), **net_spec)
-    student = ConsistencyStudent(net, build_feeding(meta["feeding"]), sigma_min=meta["sigma_min"],
-                                 sigma_max=meta["sigma_max"], sigma_data=meta["sigma_data"],
-                                 image_shape=tuple(meta["image_shape"]), num_classes=meta["num_classes"])
+    student = Student(net, build_feeding(meta["feeding"]), sigma_min=meta["sigma_min"],
+                      sigma_max=meta["sigma_max"], sigma_data=meta["sigma_data"],
+                      image_shape=tuple(meta["image_shape"]), num_classes=meta["num_classes"])
     student.sampling_sigmas = meta.get("sampling_sigmas", {})
     student.meta = meta
     return student
@@ -87,6 +88,18 @@ def write_export(run_dir: Path, meta: dict[str, Any], state: dict[str, torch.Ten
     atomic_write_bytes(run_dir / "student.safetensors", save(tensors, metadata={"weights": weights}))
     atomic_write_bytes(run_dir / "student.json", (json.dumps(meta, indent=2) + "\n").encode())
     return run_dir / "student.safetensors"
+
+
+def update_sampling_sigmas(meta_path: Path, table: dict[str, list[float]],
+                           record: dict | None = None) -> None:
+    """Replace entries of student.json's `sampling_sigmas` (e.g. after a schedule search), keeping every
+    other field; `record` (how they were found) is stored under `sampling_sigmas_search`. Atomic."""
+    meta = json.loads(Path(meta_path).read_text())
+    meta["sampling_sigmas"] = dict(meta.get("sampling_sigmas") or {}, **{str(k): [float(s) for s in v]
+                                                                        for k, v in table.items()})
+    if record is not None:
+        meta["sampling_sigmas_search"] = record
+    atomic_write_bytes(Path(meta_path), (json.dumps(meta, indent=2) + "\n").encode())
 
 
 def _load_ckpt(path: Path) -> ConsistencyStudent:

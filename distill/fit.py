@@ -16,9 +16,13 @@ from distill.config import ConfigError, blocking_differences, to_plain
 
 
 def is_global_rank_zero() -> bool:
-    """True in the launching process; Lightning's ddp launcher re-runs the command with these set."""
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0))) == 0 and \
-        int(os.environ.get("NODE_RANK", 0)) == 0
+    """True in the launching process. torchrun sets RANK; srun sets SLURM_PROCID; Lightning's ddp launcher
+    re-runs the command with LOCAL_RANK and NODE_RANK set (lightning 2.6, strategies/launchers/
+    subprocess_script.py)."""
+    for var in ("RANK", "SLURM_PROCID"):
+        if var in os.environ and (var != "SLURM_PROCID" or int(os.environ.get("SLURM_NTASKS", 1)) > 1):
+            return int(os.environ[var]) == 0
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 def plan_run_dir(cfg) -> tuple[Path, Path | None]:
@@ -33,7 +37,8 @@ def plan_run_dir(cfg) -> tuple[Path, Path | None]:
                               "use another run.dir, or delete that directory to start over")
         last = run_dir / "checkpoints" / "last.ckpt"
         return run_dir, (last if last.is_file() else None)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    # Other ranks may look while rank 0 is creating the directory; only rank 0 judges it.
+    if run_dir.exists() and any(run_dir.iterdir()) and is_global_rank_zero():
         raise ConfigError(f"run.dir {run_dir} exists and is not a distill run (no config.yaml); "
                           "choose an empty or new directory")
     return run_dir, None
@@ -44,52 +49,96 @@ def checkpoint_step(path: Path) -> int:
     return int(ckpt.get("global_step", 0))
 
 
-def build_trainer(cfg, run_dir: Path, callbacks_extra=()):
+def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | None = None):
     import lightning as L
-    from lightning.pytorch.loggers import CSVLogger
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     from distill.callbacks import AtomicCheckpointIO, ExportStudent, LastCheckpoint, NaNGuard, StudentEMA
+    from distill.callbacks.preemption import PreemptionCheckpoint
     from distill.callbacks.sample_grid import SampleGrid
+    from distill.csv_logger import AppendingCSVLogger
+    from distill.scaling import check_strategy
 
     t = cfg.trainer
+    check_strategy(t)
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # our PreemptionCheckpoint requeues; Lightning's saves inside its handler
+        plugins.append(SLURMEnvironment(auto_requeue=False))
     callbacks = [NaNGuard(checkpoint_every_n_steps=cfg.checkpoint.every_n_steps)]
     if cfg.ema.rates:
         callbacks.append(StudentEMA(cfg.ema.rates))
+    if cfg.eval.fid:  # after StudentEMA, so it evaluates averages that include this step
+        from distill.callbacks.fid import FIDCallback
+
+        callbacks.append(FIDCallback.from_config(cfg, run_dir))
     callbacks += list(callbacks_extra)
     callbacks += [LastCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_steps),
                   SampleGrid(run_dir, cfg.eval.steps, cfg.eval.grid_every_n_steps, seed=cfg.run.seed),
-                  ExportStudent(run_dir)]
+                  ExportStudent(run_dir),
+                  # Last: it saves once every other callback has finished the step (EMA included).
+                  PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt")]
     return L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, enable_checkpointing=False, enable_model_summary=False,
-        logger=CSVLogger(save_dir=str(run_dir), name="", version=""), callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir), max_epochs=-1,
+        logger=AppendingCSVLogger(run_dir, resume_step), callbacks=callbacks,
+        plugins=plugins, default_root_dir=str(run_dir), max_epochs=-1,
         num_sanity_val_steps=0, use_distributed_sampler=False,
     )
 
 
-def fit(cfg, teacher=None):
-    """Train as the recipe says. `teacher` may be any Denoiser object (overrides the recipe's block)."""
+def prepare_teacher_and_student(cfg, teacher_spec, teacher=None):
+    """The teacher (kept in its precision under mixed precision unless `teacher.autocast: true`) and
+    the module, with the recipe's compile / activation-checkpointing switches applied in place."""
     import lightning as L
 
     import teachers
-    from distill.data import DistillDataModule
     from distill.module import ConsistencyDistillation
+    from distill.scaling import checkpoint_blocks, compile_student, teacher_outside_autocast
+
+    spec = dict(teacher_spec)
+    autocast = bool(spec.pop("autocast", False))
+    teacher = teachers.load(teacher if teacher is not None else spec)
+    L.seed_everything(cfg.run.seed, workers=True, verbose=False)  # the student's initial weights
+    if "mixed" in str(cfg.trainer.precision) and not autocast:
+        teacher_outside_autocast(teacher)
+    module = ConsistencyDistillation(cfg, teacher)
+    if cfg.student.checkpointing:
+        checkpoint_blocks(module.student.net)
+    if cfg.student.compile:
+        compile_student(module.student)
+    return teacher, module
+
+
+def write_config(run_dir: Path, cfg) -> None:
+    """Rank 0 only; idempotent (rewritten only when it changed, e.g. a longer max_steps on resume), atomic
+    (other ranks may read it while it is written)."""
+    from distill.export import atomic_write_bytes
+
+    text = yaml.safe_dump(to_plain(cfg), sort_keys=False)
+    path = run_dir / "config.yaml"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not path.is_file() or path.read_text() != text:
+        atomic_write_bytes(path, text.encode())
+
+
+def fit(cfg, teacher=None):
+    """Train as the recipe says. `teacher` may be any Denoiser object (overrides the recipe's block).
+
+    Raises `distill.callbacks.preemption.Preempted` after a preemption checkpoint (the caller exits)."""
+    from distill.data import DistillDataModule
 
     run_dir, resume = plan_run_dir(cfg)
     try:
-        teacher = teachers.load(teacher if teacher is not None else to_plain(cfg)["teacher"])
-        L.seed_everything(cfg.run.seed, workers=True, verbose=False)
-        module = ConsistencyDistillation(cfg, teacher)
-        start = checkpoint_step(resume) * cfg.trainer.accumulate_grad_batches if resume else 0
+        teacher, module = prepare_teacher_and_student(cfg, to_plain(cfg)["teacher"], teacher)
+        resume_step = checkpoint_step(resume) if resume else None
+        start = (resume_step or 0) * cfg.trainer.accumulate_grad_batches
         data = DistillDataModule(cfg, teacher, start_step=start)
     except (ValueError, KeyError) as err:  # a recipe that names things that do not fit together
         raise ConfigError(str(err).strip("'\"")) from err
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, resume_step=resume_step)
     if is_global_rank_zero():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(to_plain(cfg), sort_keys=False))
+        write_config(run_dir, cfg)
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
     return run_dir

@@ -1,23 +1,51 @@
-"""Consistency distillation as a LightningModule (CM paper, Alg. 2).
+"""Consistency distillation and training as a LightningModule (CM paper, Alg. 2 and 3; iCT; ECT).
 
+The method block (distill/methods.py) decides where the target comes from (a teacher ODE step or
+x0 + t_n z), how the pairs (t_n, t_{n+1}) are drawn at step k (curricula, distill/curriculum.py) and the
+target network's rate; this module runs the step those pieces describe.
 The teacher is held outside the module's registered children: it is not wrapped by DDP, not averaged
 by EMA and not saved in checkpoints (FACTS.md, ecosystem), and the module moves it to the device.
-All randomness of a step comes from a generator seeded by (run.seed, global_step, rank), so a resumed
-run draws the same noise as an uninterrupted one (Lightning does not restore RNG state).
+All randomness of a step comes from a generator seeded by (run.seed, global_step, micro-batch), drawn for
+the global batch and sliced by rank, so a resumed run draws the same noise as an uninterrupted one
+(Lightning does not restore RNG state) and R ranks draw what one process with R times the batch draws.
 """
 
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import lightning as L
 import torch
+from torch import nn
 
 from distill.data.step_batches import mix_seed
-from distill.losses import DISTANCES, weighting
-from distill.schedules import cd_grid, index_probabilities, sample_indices
+from distill.losses import build_distance, weighting
+from distill.methods import plan
+from distill.schedules import cd_grid
 from distill.student import build_student
-from distill.targets import cd_target
+from teachers.base import expand_like
+
+
+def set_dropout(net: nn.Module, rate: float) -> None:
+    """method.dropout: the rate of every dropout layer of the student's network."""
+    layers = [m for m in net.modules() if isinstance(m, nn.Dropout)]
+    if rate > 0 and not layers:
+        raise ValueError(f"method.dropout={rate}, but the student's network has no dropout layers")
+    for m in layers:
+        m.p = float(rate)
+
+
+@contextmanager
+def dropout_masks(seed: int, device: torch.device):
+    """Run a pass under a forked RNG seeded with `seed`: two passes of equal structure draw equal dropout
+    masks (the CM code shares them between student and target); the caller's RNG stream is untouched."""
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda:
+            torch.cuda.manual_seed(seed)  # the current device only, the one forked above
+        yield
 
 
 class ConsistencyDistillation(L.LightningModule):
@@ -26,62 +54,92 @@ class ConsistencyDistillation(L.LightningModule):
         self.cfg = cfg
         object.__setattr__(self, "teacher", teacher)  # unregistered on purpose (see module docstring)
         self.student = build_student(cfg, teacher)
-        # theta^-: a separate copy only when mu > 0; mu = 0 is the stop-gradient student itself.
-        self.target = copy.deepcopy(self.student).requires_grad_(False) if cfg.method.mu > 0 else None
-        grid = cd_grid(cfg.method.N, self.student.sigma_min, self.student.sigma_max, cfg.method.rho)
-        grid = torch.as_tensor(getattr(teacher, "round_sigma", lambda s: s)(grid), dtype=torch.float64)
-        self.register_buffer("grid", grid, persistent=False)
-        self.register_buffer("index_probs", index_probabilities(grid, cfg.method.index_sampling),
-                             persistent=False)
-        self.distance = DISTANCES[cfg.loss.name]
+        if cfg.method.dropout is not None:
+            set_dropout(self.student.net, cfg.method.dropout)
+        self.plan = plan(cfg, teacher, self.student.sigma_min, self.student.sigma_max)
+        # theta^-: a separate copy only when mu can be > 0; otherwise the stop-gradient student itself.
+        self.target = copy.deepcopy(self.student).requires_grad_(False) if self.plan.has_target_network \
+            else None
+        # LPIPS is a frozen network: unregistered like the teacher (not in checkpoints, EMA or DDP).
+        object.__setattr__(self, "distance", build_distance(cfg.loss, smoke=cfg.run.smoke))
+        pairs = self.plan.pairs
+        grid = pairs.grid(self.plan.levels(0))[0] if hasattr(pairs, "grid") else \
+            cd_grid(cfg.method.N, self.student.sigma_min, self.student.sigma_max, cfg.method.rho)
+        self.register_buffer("grid", grid.clone(), persistent=False)  # the step-0 grid (benchmarks probe it)
+        self._mu = self.plan.mu(0)
 
     # -- the algorithm ---------------------------------------------------------------------------------
-    def step_generator(self) -> torch.Generator:
-        seed = mix_seed(self.cfg.run.seed, self.global_step, self.global_rank)
+    def step_generator(self, micro: int = 0) -> torch.Generator:
+        # Seeded by (seed, step, micro-batch), the same on every rank: each rank draws the whole global
+        # batch's noise and keeps its slice (`rank_part`), so R ranks x batch B draw exactly what one
+        # process with batch R*B draws, as StepBatches does for the data (DDP == 1 process, resume exact).
+        seed = mix_seed(self.cfg.run.seed, self.global_step, micro)
         return torch.Generator(device=self.device).manual_seed(seed)
+
+    def rank_part(self, draw, batch: int):
+        """draw(global_batch) -> this rank's `batch` rows of it."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        return draw(batch * world)[self.global_rank * batch:(self.global_rank + 1) * batch]
 
     def training_step(self, batch, batch_idx):
         x0, labels = batch
         cond = labels if self.student.num_classes else None
-        gen = self.step_generator()
-        # CM Alg. 2: n ~ U{1..N-1} (or lognormal, iCT); the pair (t_n, t_{n+1}).
-        n = sample_indices(self.index_probs, x0.shape[0], gen)
-        sigma_cur, sigma_next = self.grid[n].to(x0.dtype), self.grid[n + 1].to(x0.dtype)
-        z = torch.randn(x0.shape, generator=gen, device=self.device, dtype=x0.dtype)
-        x_next = x0 + sigma_next.view(-1, *[1] * (x0.ndim - 1)) * z
-        # One teacher ODE step from t_{n+1} down to t_n.
-        x_cur = cd_target(self.teacher.denoise, x_next, sigma_next, sigma_cur, cond,
-                          solver=self.cfg.method.solver, dtype=getattr(torch, self.cfg.method.target_dtype))
-        pred = self.student(x_next, sigma_next, cond)
-        with torch.no_grad():
-            target_net = self.target if self.target is not None else self.student
-            target = target_net(x_cur, sigma_cur, cond)
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        gen = self.step_generator(batch_idx % accumulate)
+        k = self.global_step
+        # The pair (t_n, t_{n+1}) per sample from step k's curriculum (CM Alg. 2/3; iCT lognormal; ECT r(t)).
+        pair = self.rank_part(lambda b: torch.stack(self.plan.pairs.sample(k, b, gen), 1), x0.shape[0])
+        sigma_cur, sigma_next = pair.to(x0.dtype).unbind(1)
+        z = self.rank_part(lambda b: torch.randn((b, *x0.shape[1:]), generator=gen, device=self.device,
+                                                 dtype=x0.dtype), x0.shape[0])
+        x_next = x0 + expand_like(sigma_next, x0) * z
+        # CD: the teacher's ODE from t_{n+1} down to t_n; CT/iCT/ECT: x0 + t_n z with the same z.
+        x_cur = self.plan.target(x0, z, x_next, sigma_next, sigma_cur, cond)
+        dropout_seed = mix_seed(int(torch.randint(2**62, (1,), generator=gen)), self.global_rank)
+        pred, target = self.consistency_pair(x_next, sigma_next, x_cur, sigma_cur, cond, dropout_seed)
+        # lambda(t_n) d(f(x_next, t_{n+1}), f^-(x_cur, t_n)), weighted per sample, averaged here only.
         lam = weighting(self.cfg.loss.weighting, sigma_next, sigma_cur, self.student.sigma_data)
-        per_sample = self.distance(pred, target, c=self.cfg.loss.c)
-        loss = (lam * per_sample).mean()
+        loss = (lam * self.distance(pred, target)).mean()
+        self._mu = self.plan.mu(k)  # theta^-'s rate for this step's update (on_train_batch_end)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
+    def consistency_pair(self, x_next, sigma_next, x_cur, sigma_cur, cond, dropout_seed: int):
+        """f_theta(x_next, t_{n+1}) and the stop-gradient f_theta-(x_cur, t_n), with equal dropout masks."""
+        with dropout_masks(dropout_seed, self.device):
+            pred = self.student(x_next, sigma_next, cond)
+        with torch.no_grad(), dropout_masks(dropout_seed, self.device):
+            target_net = self.target if self.target is not None else self.student
+            target = target_net(x_cur, sigma_cur, cond)
+        return pred, target
+
     def on_train_batch_end(self, outputs, batch, batch_idx):
-        # theta^- <- mu theta^- + (1 - mu) theta (CM paper, Alg. 2); one fused op over all tensors.
-        if self.target is not None:
+        # theta^- <- mu theta^- + (1 - mu) theta (CM paper, Alg. 2), once per optimizer step; one fused op.
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        if self.target is not None and (batch_idx + 1) % accumulate == 0:
             tgt, src = list(self.target.parameters()), list(self.student.parameters())
-            torch._foreach_lerp_(tgt, src, 1.0 - self.cfg.method.mu)
+            torch._foreach_lerp_(tgt, src, 1.0 - self._mu)
 
     # -- plumbing --------------------------------------------------------------------------------------
     def configure_optimizers(self):
         o = self.cfg.optim
         cls = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam, "adamw": torch.optim.AdamW}[o.name]
+        # One fused kernel for all parameters instead of torch's per-tensor loop on CPU (the demo
+        # student's Adam step: ~12 ms -> ~0.6 ms; docs/benchmarks.md). Lightning refuses gradient clipping
+        # with a fused optimizer under mixed precision (it unscales inside step), so those get foreach.
+        t = self.cfg.trainer
+        fused = o.name in ("adam", "adamw") and not (t.gradient_clip_val and "16" in str(t.precision))
         opt = cls(self.student.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
-                  weight_decay=o.weight_decay)
+                  weight_decay=o.weight_decay, **({"fused": True} if fused else {"foreach": True}))
         if o.warmup_steps <= 0:
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / o.warmup_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_fit_start(self):
-        if hasattr(self.teacher, "to"):
-            self.teacher.to(self.device)
+        for frozen in (self.teacher, self.distance):
+            if hasattr(frozen, "to"):
+                frozen.to(self.device)
         if hasattr(self.teacher, "eval"):
             self.teacher.eval()
 

@@ -32,6 +32,20 @@ def default_sigmas(student, steps: int) -> list[float]:
     raise ValueError(f"no default sigmas for {steps} steps; pass --sigmas (e.g. {student.sigma_max:g},2,0.5)")
 
 
+def labels_for(student, seeds: Sequence[int], cls: int | None = None, device="cpu") -> torch.Tensor | None:
+    """Class labels for a conditional student: `cls` for all, or one per sample drawn from its own seed
+    (so classes too are independent of batch size); None for an unconditional student."""
+    if not student.num_classes:
+        return None
+    if cls is None:
+        labels = [int(torch.randint(0, student.num_classes, (1,),
+                                    generator=torch.Generator().manual_seed(s + 2**31)))
+                  for s in seeds]
+    else:
+        labels = [int(cls)] * len(seeds)
+    return torch.tensor(labels, device=device)
+
+
 @torch.no_grad()
 def consistency_sample(student, noise: list[torch.Tensor], sigmas: Sequence[float], cond=None) -> torch.Tensor:
     """CM Alg. 1: x = f(sigma_0 z_0, sigma_0); then x = f(x + sqrt(s^2 - s_min^2) z_k, s) for each s."""
@@ -48,22 +62,19 @@ def sample(student, num: int, sigmas: Sequence[float], seed: int = 0, batch_size
            cls: int | None = None, progress: bool = False) -> torch.Tensor:
     """`num` samples (num, *image_shape) on CPU; sample i uses seed + i."""
     sigmas = [float(s) for s in sigmas]
-    if sigmas[0] > student.sigma_max * (1 + 1e-6) or min(sigmas) < student.sigma_min:
+    if not sigmas or max(sigmas) > student.sigma_max * (1 + 1e-6) or min(sigmas) < student.sigma_min:
         raise ValueError(f"sampling sigmas {sigmas} leave the student's range "
                          f"[{student.sigma_min:g}, {student.sigma_max:g}]")
+    if num < 1 or batch_size < 1:
+        raise ValueError(f"num and batch_size must be positive, got {num} and {batch_size}")
     student.eval()
     dev = next(student.parameters()).device
     out = []
-    for start in tqdm(range(0, num, batch_size), disable=not progress, desc="sampling", unit="batch"):
-        seeds = range(seed + start, seed + min(start + batch_size, num))
-        noise = per_sample_noise(seeds, student.image_shape, len(sigmas))
-        cond = None
-        if student.num_classes:
-            if cls is None:  # a class per sample from its own seed, so classes too are batch-independent
-                labels = [int(torch.randint(0, student.num_classes, (1,),
-                                            generator=torch.Generator().manual_seed(s + 2**31))) for s in seeds]
-            else:
-                labels = [cls] * len(seeds)
-            cond = torch.tensor(labels, device=dev)
-        out.append(consistency_sample(student, noise, sigmas, cond).float().cpu())
+    with tqdm(total=num, disable=not progress, desc="sampling", unit="img") as bar:
+        for start in range(0, num, batch_size):
+            seeds = range(seed + start, seed + min(start + batch_size, num))
+            noise = per_sample_noise(seeds, student.image_shape, len(sigmas))
+            cond = labels_for(student, seeds, cls, dev)
+            out.append(consistency_sample(student, noise, sigmas, cond).float().cpu())
+            bar.update(len(seeds))
     return torch.cat(out)

@@ -29,20 +29,22 @@ def uniform_indices(batch: int, n: int, generator: torch.Generator | None = None
 
 
 def index_probabilities(grid: torch.Tensor, kind: str = "uniform", p_mean: float = -1.1,
-                        p_std: float = 2.0) -> torch.Tensor:
-    """Probabilities over the N-1 adjacent pairs of an increasing grid.
+                        p_std: float = 2.0, skip: int = 1) -> torch.Tensor:
+    """Probabilities of n over the pairs (t_n, t_{n+skip}) of an increasing grid (skip = 1: adjacent).
 
-    `lognormal` is iCT's (Song & Dhariwal 2023, sec. 3.5): the mass of ln(sigma) ~ N(p_mean, p_std^2)
-    falling between t_n and t_{n+1}, normalised.
+    `lognormal` is iCT's (Song & Dhariwal 2023, sec. 3.5): p(n) is the mass of ln(sigma) ~ N(p_mean, p_std^2)
+    between t_n and t_{n+skip}, normalised (with skip = 1, exactly iCT's erf differences).
     """
-    m = grid.numel() - 1
+    m = grid.numel() - skip
+    if m < 1:
+        raise ValueError(f"a grid of {grid.numel()} levels has no pairs {skip} intervals apart")
     if kind == "uniform":
         return torch.full((m,), 1.0 / m, dtype=torch.float64)
     if kind == "lognormal":
         normal = torch.distributions.Normal(torch.tensor(p_mean, dtype=torch.float64),
                                             torch.tensor(p_std, dtype=torch.float64))
         cdf = normal.cdf(grid.double().log())
-        p = cdf[1:] - cdf[:-1]
+        p = cdf[skip:] - cdf[:-skip]
         return p / p.sum()
     raise ValueError(f"unknown index sampling {kind!r}; choose uniform or lognormal")
 

@@ -14,6 +14,7 @@ class StudentEMA(L.Callback):
     def __init__(self, rates):
         self.rates = [float(r) for r in rates]
         self.averages: dict[str, dict[str, torch.Tensor]] = {}
+        self._lists = None  # (live tensors, [(weight, averaged tensors)]), built at the first update
 
     @property
     def state_key(self) -> str:
@@ -23,6 +24,7 @@ class StudentEMA(L.Callback):
         return [(k, v) for k, v in state.items() if v.is_floating_point()]
 
     def on_fit_start(self, trainer, pl_module):
+        self._lists = None
         net_state = pl_module.student.net.state_dict()
         for rate in self.rates:
             key = str(rate)
@@ -33,18 +35,25 @@ class StudentEMA(L.Callback):
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        live = pl_module.student.net.state_dict()
-        names = [k for k, v in live.items() if v.is_floating_point()]
-        src = [live[k] for k in names]
-        for rate in self.rates:
-            avg = self.averages[str(rate)]
-            torch._foreach_lerp_([avg[k] for k in names], src, 1.0 - rate)
+        if (batch_idx + 1) % getattr(trainer, "accumulate_grad_batches", 1):
+            return  # the weights change once per optimizer step, so they are averaged once per step
+        if self._lists is None:
+            # The live state dict aliases the parameters, which the optimizer updates in place: build the
+            # tensor lists once, not a state_dict() walk over every module each step (docs/benchmarks.md).
+            live = pl_module.student.net.state_dict()
+            names = [k for k, v in live.items() if v.is_floating_point()]
+            self._lists = ([live[k] for k in names],
+                           [(1.0 - rate, [self.averages[str(rate)][k] for k in names]) for rate in self.rates])
+        src, averages = self._lists
+        for weight, avg in averages:
+            torch._foreach_lerp_(avg, src, weight)
 
     def state_dict(self):
         return {"averages": self.averages, "rates": self.rates}
 
     def load_state_dict(self, state_dict):
         self.averages = dict(state_dict.get("averages", {}))
+        self._lists = None
 
     def weights(self, rate: float | None = None) -> dict[str, torch.Tensor]:
         """The averaged state dict for `rate` (the first rate by default)."""

@@ -20,17 +20,23 @@ class NaNGuard(L.Callback):
         self.every_n_steps = max(1, int(every_n_steps))
         # Also checked on checkpoint steps (this callback runs first), so no NaN weights are saved.
         self.checkpoint_every = int(checkpoint_every_n_steps)
-        self._bad: torch.Tensor | None = None
+        self._first_bad: torch.Tensor | None = None  # on the device: first bad step, -1 while none
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is None:
             return
-        bad = ~torch.isfinite(loss.detach())
-        self._bad = bad if self._bad is None else (self._bad | bad)
         step = trainer.global_step
-        due = step % self.every_n_steps == 0 or (self.checkpoint_every > 0 and step % self.checkpoint_every == 0)
-        if due and bool(self._bad):
+        if self._first_bad is None:
+            self._first_bad = torch.full((), -1, dtype=torch.int64, device=loss.device)
+        # Device-side bookkeeping only (no .item()): remember the first step whose loss was not finite.
+        # global_step has already counted this batch's optimizer step, so the batch trained step - 1.
+        bad = ~torch.isfinite(loss.detach()).all()
+        self._first_bad = torch.where(bad & (self._first_bad < 0), step - 1, self._first_bad)
+        due = step % self.every_n_steps == 0 or (
+            self.checkpoint_every > 0 and step % self.checkpoint_every == 0)
+        if due and (first := int(self._first_bad)) >= 0:
             raise NonFiniteLossError(
-                f"training loss became NaN/Inf at or before step {step}; the last good checkpoint is kept. "
-                "Lower optim.lr, check the teacher's outputs, or use a float32 target (method.target_dtype).")
+                f"training loss became NaN/Inf at step {first} (stopped at step {step}); the last good "
+                "checkpoint is kept. Lower optim.lr, check the teacher's outputs, or use a float32 target "
+                "(method.target_dtype).")

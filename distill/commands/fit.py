@@ -44,7 +44,18 @@ def run(args) -> int:
     if missing:
         raise FileNotFoundError("; ".join(f"{m} does not exist" for m in missing) +
                                 " (fix the path in the recipe or override it on the command line)")
+    from distill.callbacks.nan_guard import NonFiniteLossError
+    from distill.callbacks.preemption import Preempted
+
     plan_run_dir(cfg)
-    run_dir = fit(cfg)
+    try:
+        run_dir = fit(cfg)
+    except Preempted as stop:
+        # Exit 0 once SLURM has the job back in its queue; otherwise 1, so a supervisor sees "not done".
+        print(f"distill fit: {stop}", file=sys.stderr)
+        return 0 if stop.requeued else 1
+    except NonFiniteLossError as err:
+        print(f"distill fit: error: {err}", file=sys.stderr)
+        return 1
     print(f"run directory: {run_dir}")
     return 0

@@ -10,7 +10,7 @@ import numpy as np
 def add_parser(sub, name):
     p = sub.add_parser(name, help="sample images from a trained student",
                        description="Sample i uses seed S+i whatever the batch size. OUT ending in .png is a "
-                                   "grid, in .npz an array as FID tools read it (uint8 NHWC under 'arr_0'), "
+                                   "grid, in .npz an array as FID tools read it (uint8 NHWC RGB under 'arr_0'), "
                                    "anything else a folder of PNGs.")
     p.add_argument("path", help="run directory, student.safetensors or .ckpt")
     g = p.add_mutually_exclusive_group()
@@ -34,9 +34,19 @@ def parse_floats(text: str, what: str) -> list[float]:
         raise BadInput(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
-def write_images(x, out: Path) -> None:
+def write_png(x, path: Path) -> None:
+    """One image (C, H, W) in [-1, 1] -> a PNG of exactly its size ('L' for one channel, else RGB)."""
     from PIL import Image
 
+    from distill.figures import to_uint8
+
+    img = to_uint8(x[None])[0]
+    Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
+
+
+def write_images(x, out: Path) -> None:
+    """.png: a grid; .npz: uint8 (N, H, W, 3) under 'arr_0' (grey repeated to RGB), the layout of
+    OpenAI's evaluator, clean-fid and torch-fidelity; anything else: a folder 000000.png, ..."""
     from distill.figures import save_grid, to_uint8
 
     if out.suffix == ".png":
@@ -44,11 +54,12 @@ def write_images(x, out: Path) -> None:
         save_grid(x, out)
     elif out.suffix == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, arr_0=to_uint8(x))
+        arr = to_uint8(x)
+        np.savez(out, arr_0=np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr)
     else:
         out.mkdir(parents=True, exist_ok=True)
-        for i, img in enumerate(to_uint8(x)):
-            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out / f"{i:06d}.png")
+        for i in range(len(x)):
+            write_png(x[i], out / f"{i:06d}.png")
 
 
 def run(args) -> int:
@@ -57,8 +68,13 @@ def run(args) -> int:
     from distill.sampling import default_sigmas, sample
 
     student = load_student(args.path, device=args.device)
+    if len(student.image_shape) != 3:
+        raise BadInput("this student makes vectors, not images; use the Python API (distill.load_student)")
     if args.num < 1 or args.batch_size < 1:
         raise BadInput("--num and --batch-size must be positive")
+    out = Path(args.out)
+    if out.suffix not in (".png", ".npz", "") and not out.is_dir():
+        raise BadInput(f"--out {out}: give a .png (grid), a .npz (for FID tools) or a folder name")
     if args.cls is not None and not (0 <= args.cls < max(student.num_classes, 0)):
         raise BadInput(f"--class {args.cls}: this student has {student.num_classes} classes"
                        if student.num_classes else "--class given, but this student is unconditional")
@@ -68,8 +84,6 @@ def run(args) -> int:
                    progress=True)
     except ValueError as err:
         raise BadInput(str(err)) from None
-    if len(student.image_shape) != 3:
-        raise BadInput("this student makes vectors, not images; use the Python API (distill.load_student)")
-    write_images(x, Path(args.out))
+    write_images(x, out)
     print(f"wrote {args.num} samples ({len(sigmas)} step(s), sigmas {sigmas}) to {args.out}")
     return 0

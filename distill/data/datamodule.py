@@ -1,12 +1,20 @@
-"""The Lightning DataModule for built-in, in-memory data sets (digits, toy2d, teacher samples)."""
+"""The Lightning DataModule: in-memory sets served by step (exact resume) or webdataset shards (clusters).
+
+In memory: digits, toy2d, teacher samples, synthetic, patches (scikit-learn's sample photos), folder
+(class = subfolder) and zip (EDM dataset zip). Streamed: webdataset (distill/data/webdataset_source.py).
+"""
 
 from __future__ import annotations
+
+import logging
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
 from distill.data.step_batches import StepBatches, mix_seed
+
+log = logging.getLogger("distill.data")
 
 
 def build_pool(cfg, teacher) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -30,24 +38,72 @@ def build_pool(cfg, teacher) -> tuple[torch.Tensor, torch.Tensor | None]:
             labels = torch.randint(0, teacher.num_classes, (size,), generator=gen)
             return teacher.sample(size, gen, cond=labels), labels
         return teacher.sample(size, gen), None
+    if name in ("folder", "zip"):
+        from distill.data.folders import load_images
+
+        if not cfg.data.path:
+            raise ValueError(f"data.name={name} needs data.path (an image folder or an EDM dataset zip)")
+        images, labels, skipped = load_images(cfg.data.path, tuple(teacher.image_shape),
+                                              strict=cfg.data.corrupt == "strict")
+        if skipped:
+            log.warning("data.path %s: skipped %d undecodable images (data.corrupt=skip)",
+                        cfg.data.path, skipped)
+        return _with_xflip(cfg, images, labels)
+    if name == "patches":
+        from distill.data.builtin import sample_image_patches
+
+        images = sample_image_patches(tuple(teacher.image_shape), cfg.data.size or 10000, gen)
+        return _with_xflip(cfg, images, None)
     if name == "synthetic":
         size = cfg.data.size or 1024
         images = torch.randn(size, *teacher.image_shape, generator=gen) * teacher.sigma_data
-        labels = torch.randint(0, teacher.num_classes, (size,), generator=gen) if teacher.num_classes else None
+        labels = (torch.randint(0, teacher.num_classes, (size,), generator=gen) if teacher.num_classes
+                  else None)
         return images.clamp(-1, 1), labels
     raise ValueError(f"data.name: unknown data set {name!r}")
+
+
+def _with_xflip(cfg, images, labels):
+    """EDM's --xflip: the mirrored copies join the pool, so the data stay a pure function of the step."""
+    if not cfg.data.xflip:
+        return images, labels
+    return torch.cat([images, images.flip(-1)]), (None if labels is None else torch.cat([labels, labels]))
 
 
 class DistillDataModule(L.LightningDataModule):
     def __init__(self, cfg, teacher, start_step: int = 0):
         super().__init__()
         self.cfg, self.teacher, self.start_step = cfg, teacher, start_step
-        self.images, self.labels = build_pool(cfg, teacher)
+        self.streamed = cfg.data.name == "webdataset"
+        if self.streamed:
+            from distill.data.webdataset_source import expand_urls
+
+            if not cfg.data.path:
+                raise ValueError("data.name=webdataset needs data.path (shards, e.g. "
+                                 "data/train-{0000..0099}.tar)")
+            self.urls = expand_urls(cfg.data.path)
+        else:
+            self.images, self.labels = build_pool(cfg, teacher)
+            if self.labels is None and getattr(teacher, "num_classes", 0):
+                raise ValueError(f"the teacher is class-conditional but data.name={cfg.data.name} has no "
+                                 "labels; put each class in its own subfolder, or give dataset.json labels")
 
     def train_dataloader(self):
         trainer = self.trainer
         rank = trainer.global_rank if trainer is not None else 0
         world = trainer.world_size if trainer is not None else 1
+        if self.streamed:
+            return self._shard_loader(rank, world)
         ds = StepBatches(self.images, self.labels, self.cfg.data.batch_size, self.cfg.run.seed,
                          rank=rank, world_size=world, start_step=self.start_step)
         return DataLoader(ds, batch_size=None, num_workers=0)
+
+    def _shard_loader(self, rank: int, world: int):
+        from distill.data.webdataset_source import ShardSamples, build_loader
+
+        d = self.cfg.data
+        samples = ShardSamples(self.urls, tuple(self.teacher.image_shape), rank=rank, world_size=world,
+                               resampled=d.resampled, seed=self.cfg.run.seed, start_step=self.start_step,
+                               shuffle_buffer=d.shuffle_buffer, xflip=d.xflip, corrupt=d.corrupt,
+                               need_labels=bool(getattr(self.teacher, "num_classes", 0)))
+        return build_loader(samples, d.batch_size, d.num_workers, d.epoch_batches)

@@ -1,0 +1,100 @@
+"""Preemption-safe stop: a signal sets a flag; the ranks agree at a batch boundary; the checkpoint is saved
+there; the job stops and (under SLURM) requeues itself.
+
+Saving inside the signal handler can hang (FACTS.md): the handler may run on one rank in the middle of a
+collective, and Lightning's own SLURM handler saves there (lightning 2.6,
+trainer/connectors/signal_connector.py). So the handler only sets a flag; every rank all-reduces the
+flag (MAX) at the end of each batch, so all ranks see the same decision at the same step, call the
+collective `trainer.save_checkpoint` together, and raise `Preempted`, which `distill.fit` turns into a
+clean exit. Lightning's SLURM auto-requeue is switched off in `build_trainer` so that it does not
+install its handler over ours.
+
+Signals: SIGUSR1 (what `#SBATCH --signal=USR1@120` sends before the time limit) and SIGTERM (what
+`scancel`, torchrun's agent and Kubernetes send first).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+from pathlib import Path
+
+import lightning as L
+import torch
+
+SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+
+class Preempted(Exception):
+    """Raised on every rank after the preemption checkpoint is written."""
+
+    def __init__(self, step: int, signum: int, requeued: str | None):
+        self.step, self.signum, self.requeued = step, signum, requeued
+        name = signal.Signals(signum).name if signum else "signal"
+        again = f"; requeued SLURM job {requeued}" if requeued else "; run the same `distill fit` to resume"
+        super().__init__(f"{name} received: checkpoint saved at step {step}{again}")
+
+
+def slurm_job_id() -> str | None:
+    array = os.environ.get("SLURM_ARRAY_JOB_ID")
+    job = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else os.environ.get("SLURM_JOB_ID")
+    return job if job and re.fullmatch(r"[0-9_]+", job) else None
+
+
+def requeue_slurm_job() -> str | None:
+    """`scontrol requeue JOB` (rank 0 only); the job id, or None outside SLURM or when it fails."""
+    job = slurm_job_id()
+    if job is None:
+        return None
+    try:
+        done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return job if done.returncode == 0 else None
+
+
+class PreemptionCheckpoint(L.Callback):
+    def __init__(self, checkpoint_path: Path, signals=SIGNALS, every_n_steps: int = 10):
+        self.path = Path(checkpoint_path)
+        self.signals = tuple(signals)
+        # On several ranks the agreement costs a host sync, so it happens every n optimizer steps (a
+        # signal comes minutes before the kill); one process checks its flag every step for free.
+        self.every_n_steps = max(1, int(every_n_steps))
+        self.received = 0  # the signal number, 0 while none arrived
+        self._previous: dict[int, object] = {}
+        self._seen_step = -1
+
+    def _handler(self, signum, frame):
+        self.received = signum  # nothing else here: no I/O, no collectives (see module docstring)
+
+    def on_fit_start(self, trainer, pl_module):
+        # Installed after Lightning's signal connector, so this replaces its SIGTERM handler (which
+        # broadcasts inside the handler); teardown restores what was there before.
+        for sig in self.signals:
+            self._previous[sig] = signal.getsignal(sig)
+            signal.signal(sig, self._handler)
+
+    def teardown(self, trainer, pl_module, stage):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step == self._seen_step:
+            return  # inside a gradient-accumulation cycle: only optimizer-step boundaries resume exactly
+        self._seen_step = step
+        if trainer.world_size == 1:
+            signum = self.received
+        elif step % self.every_n_steps == 0:  # every rank reaches this at the same step
+            flag = torch.tensor([self.received], dtype=torch.int64, device=pl_module.device)
+            signum = int(trainer.strategy.reduce(flag, reduce_op="max").item())
+        else:
+            return
+        if not signum:
+            return
+        trainer.save_checkpoint(self.path)
+        requeued = requeue_slurm_job() if trainer.is_global_zero else None
+        raise Preempted(trainer.global_step, signum, requeued)

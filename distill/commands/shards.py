@@ -1,0 +1,33 @@
+"""distill shards SRC OUT --shard-size N: webdataset shards from an image folder or an EDM dataset zip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def add_parser(sub, name):
+    p = sub.add_parser(name, help="write webdataset shards from an image folder or a dataset zip",
+                       description="Write SRC (a folder with one subfolder per class, or an EDM dataset zip "
+                                   "with dataset.json labels) as webdataset shards OUT/shard-NNNNNN.tar. "
+                                   "Train on them with data.name=webdataset "
+                                   "data.path='OUT/shard-{000000..NNNNNN}.tar'.")
+    p.add_argument("src", help="image folder or dataset .zip")
+    p.add_argument("out", help="output folder (created)")
+    p.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
+    p.add_argument("--prefix", default="shard", help="shard file name prefix (default 'shard')")
+    return p
+
+
+def run(args) -> int:
+    from distill.cli import BadInput
+    from distill.data.shards import write_shards
+
+    if not Path(args.src).exists():
+        raise FileNotFoundError(f"{args.src}: no such folder or zip file")
+    if args.shard_size < 1:
+        raise BadInput(f"--shard-size must be a positive number of samples, got {args.shard_size}")
+    paths = write_shards(args.src, args.out, args.shard_size, args.prefix)
+    last = len(paths) - 1
+    print(f"wrote {len(paths)} shards to {args.out}; train with data.name=webdataset "
+          f"data.path='{Path(args.out) / args.prefix}-{{000000..{last:06d}}}.tar'")
+    return 0

@@ -1,0 +1,135 @@
+"""Curricula: how the discretisation and the target rate change with the training step k.
+
+Every quantity here is a pure function of the global step k, so a resumed run continues exactly where the
+uninterrupted one would be (Lightning restores the step, not any scheduler object).
+
+- CT (Song et al. 2023, Consistency Models, appendix C):
+      N(k) = ceil(sqrt(k/K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1,   mu(k) = exp(s0 ln(mu0) / N(k)).
+- iCT (Song & Dhariwal 2023, Improved Techniques for Training Consistency Models, sec. 3.4, eq. 8):
+      N(k) = min(s0 2^floor(k/K'), s1) + 1,   K' = floor(K / (log2 floor(s1/s0) + 1)).
+- ECT (Geng et al. 2024, Consistency Models Made Easy, sec. 3.2-3.3, "mapping function"): continuous
+  t ~ lognormal and r = t (1 - q^-(a+1) n(t)), n(t) = 1 + kappa sigmoid(-b t), stage a = floor(k / d),
+  clamped to r >= sigma_min. Implemented as in the authors' code (locuslab/ect, `ECMLoss.t_to_r_sigmoid`):
+  the gap t - r halves every d iterations (q = 2); their CIFAR-10 run uses d = 25k of 200k iterations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from distill.schedules import cd_grid, index_probabilities, sample_indices
+
+# Defaults (s0, s1) of each paper's N(k): CT on CIFAR-10 (CM paper, Table 3) and iCT (sec. 3.4).
+CT_DEFAULTS = (2, 150)
+ICT_DEFAULTS = (10, 1280)
+
+
+def ct_N(k: int, total: int, s0: int = 2, s1: int = 150) -> int:
+    """CM paper, appendix C: N(k) grows like sqrt(k) from s0 (k = 0) to s1 + 1 levels (k = K = `total`)."""
+    frac = min(k, total) / total
+    return math.ceil(math.sqrt(frac * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1) + 1
+
+
+def ct_mu(n_levels: int, s0: int = 2, mu0: float = 0.9) -> float:
+    """CM paper, appendix C: mu(k) = exp(s0 ln(mu0) / N(k)); mu = mu0 at k = 0, where N = s0.
+
+    OpenAI's code (consistency_models, `create_ema_and_scales_fn`) divides by N(k) - 1 instead (it applies
+    the +1 after computing the rate); we follow the paper's formula.
+    """
+    return math.exp(s0 * math.log(mu0) / n_levels)
+
+
+def ict_N(k: int, total: int, s0: int = 10, s1: int = 1280) -> int:
+    """iCT eq. 8: N doubles every K' steps, from s0 + 1 to s1 + 1 levels."""
+    k_prime = math.floor(total / (math.log2(math.floor(s1 / s0)) + 1))
+    return min(s0 * 2 ** math.floor(k / max(k_prime, 1)), s1) + 1
+
+
+def ect_stage(k: int, stage_steps: int) -> int:
+    """ECT: the number of times the gap has been shrunk by q at step k."""
+    return k // max(stage_steps, 1)
+
+
+def ect_r(t: torch.Tensor, stage: int, q: float = 2.0, kappa: float = 8.0, b: float = 1.0) -> torch.Tensor:
+    """ECT's mapping r(t) = t (1 - q^-(stage+1) (1 + kappa sigmoid(-b t))), clamped at 0.
+
+    The sigmoid makes the relative gap larger at small t, where consistency is easy to learn.
+    """
+    decay = q ** -(stage + 1)
+    return (t * (1 - decay * (1 + kappa * torch.sigmoid(-b * t)))).clamp_min(0)
+
+
+def truncated_lognormal(batch: int, lo: float, hi: float, p_mean: float, p_std: float,
+                        generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+    """ln t ~ N(p_mean, p_std^2) restricted to [lo, hi] by inverse-CDF sampling, float64 (B,)."""
+    normal = torch.distributions.Normal(torch.tensor(p_mean, dtype=torch.float64),
+                                        torch.tensor(p_std, dtype=torch.float64))
+    a, c = normal.cdf(torch.tensor(math.log(lo), dtype=torch.float64)), \
+        normal.cdf(torch.tensor(math.log(hi), dtype=torch.float64))
+    u = torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
+    return normal.icdf(a.to(u.device) + u * (c - a).to(u.device)).exp().clamp(lo, hi)
+
+
+# -- pair samplers: (sigma_cur, sigma_next) = (t_n, t_{n+1}) for each sample at step k ---------------------
+@dataclass
+class GridPairs:
+    """Adjacent (or `skip`-apart) levels of a Karras grid whose size follows a curriculum.
+
+    `levels(k)` is N(k); the grid is rebuilt (and cached) only when N changes. With skip > 1 the pair is
+    (t_n, t_{n+skip}): one solver step across `skip` grid intervals (the skipping-step target of
+    Latent Consistency Models, Luo et al. 2023, sec. 4.3).
+    """
+    levels: callable
+    sigma_min: float
+    sigma_max: float
+    rho: float = 7.0
+    index_sampling: str = "uniform"
+    p_mean: float = -1.1
+    p_std: float = 2.0
+    skip: int = 1
+    round_sigma: callable = None
+
+    def grid(self, n_levels: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return _grid_and_probs(n_levels, self.sigma_min, self.sigma_max, self.rho, self.index_sampling,
+                               self.p_mean, self.p_std, self.skip, self.round_sigma)
+
+    def sample(self, k: int, batch: int, generator: torch.Generator | None = None):
+        grid, probs = self.grid(self.levels(k))
+        n = sample_indices(probs.to(generator.device if generator is not None else "cpu"), batch, generator)
+        grid = grid.to(n.device)
+        return grid[n], grid[n + self.skip]
+
+
+@lru_cache(maxsize=8)
+def _grid_and_probs(n_levels, sigma_min, sigma_max, rho, index_sampling, p_mean, p_std, skip, round_sigma):
+    if n_levels - 1 < skip:
+        raise ValueError(f"method.skip={skip} needs at least {skip + 1} grid levels, but N = {n_levels}")
+    grid = cd_grid(n_levels, sigma_min, sigma_max, rho)
+    if round_sigma is not None:  # discrete teachers snap the grid to the sigmas they were trained at
+        grid = torch.as_tensor(round_sigma(grid), dtype=torch.float64)
+    # Pairs (t_n, t_{n+skip}): the probability of n is that of the interval [t_n, t_{n+skip}].
+    probs = index_probabilities(grid, index_sampling, p_mean, p_std, skip=skip)
+    return grid, probs
+
+
+@dataclass
+class ECTPairs:
+    """ECT's continuous pairs: t from a lognormal on [sigma_min, sigma_max], r = r(t) at stage(k)."""
+    sigma_min: float
+    sigma_max: float
+    stage_steps: int
+    q: float = 2.0
+    kappa: float = 8.0
+    b: float = 1.0
+    p_mean: float = -1.1
+    p_std: float = 2.0
+
+    def sample(self, k: int, batch: int, generator: torch.Generator | None = None):
+        dev = generator.device if generator is not None else None
+        t = truncated_lognormal(batch, self.sigma_min, self.sigma_max, self.p_mean, self.p_std, generator, dev)
+        r = ect_r(t, ect_stage(k, self.stage_steps), self.q, self.kappa, self.b).clamp_min(self.sigma_min)
+        return r, t

@@ -1,0 +1,206 @@
+"""webdataset shards for cluster training (DESIGN.md, "Scaling out"; FACTS.md, webdataset).
+
+data.path: a local path, a brace pattern (`shards/train-{000000..000127}.tar`), several joined by `::`,
+or a `pipe:` command (`pipe:aws s3 cp s3://bucket/train-000001.tar -`), as webdataset opens them.
+Samples are `KEY.png|jpg|...` plus an optional `KEY.cls` (class label), as `distill shards` writes them.
+
+- Splitting: shards go to ranks, then to DataLoader workers, by the rank and worker numbers passed in
+  (not read back from the environment in the worker), and RANK/WORLD_SIZE are also exported before the
+  loader starts, because webdataset's own helpers read them and spawned workers otherwise all think they
+  are rank 0 of 1 (silent duplication; FACTS.md).
+- resampled=true (training default): every worker draws shards with replacement, forever; `with_epoch`
+  cuts each rank's epoch at the same number of batches, so no rank runs out first and hangs DDP.
+  resampled=false: one pass, each shard read by exactly one (rank, worker) (evaluation, `count`).
+- Randomness (shard draws, shuffle buffer, x-flips) comes from (seed, start step, epoch, rank, worker):
+  a resumed run draws a fresh, reproducible stream; it does not replay the interrupted one sample for
+  sample (use an in-memory source for bit-exact resume).
+- Corrupt data: `skip` counts each bad sample or shard and logs it (shard and key); `strict` raises
+  CorruptSampleError naming them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, IterableDataset
+
+from distill.data.images import IMAGE_EXTENSIONS, UndecodableImage, decode_image, decode_label
+from distill.data.step_batches import mix_seed
+
+log = logging.getLogger("distill.data")
+
+
+class CorruptSampleError(RuntimeError):
+    pass
+
+
+def expand_urls(path: str) -> list[str]:
+    """`a-{000..007}.tar::b.tar` -> the list of shard URLs (webdataset's own expansion)."""
+    from webdataset.shardlists import expand_urls as wds_expand
+
+    urls = wds_expand(str(path))
+    if not urls:
+        raise FileNotFoundError(f"data.path {path!r} names no shards")
+    return urls
+
+
+class TruncatedShard(OSError):
+    pass
+
+
+class _TailStream:
+    """Reads through a shard stream, remembering its last 1 KiB. Python's tarfile, reading a stream,
+    takes a shard cut off at a header for a normal end (tarfile.py, TarFile.next: TruncatedHeaderError
+    and EmptyHeaderError past offset 0 end the archive), so a half-uploaded shard loses samples silently.
+    A complete tar ends with two zero blocks (POSIX ustar), which is checked after the last member."""
+
+    def __init__(self, raw):
+        self.raw, self.tail = raw, b""
+
+    def read(self, n=-1):
+        data = self.raw.read(n)
+        self.tail = (self.tail + data)[-1024:]
+        return data
+
+    def check_complete(self, url: str) -> None:
+        while self.read(1 << 16):
+            pass
+        if len(self.tail) < 1024 or any(self.tail):
+            raise TruncatedShard(f"truncated tar file (no end-of-archive blocks): {url}")
+
+    def close(self):
+        try:  # a failed `pipe:` command raises here too; check_complete has already reported it
+            self.raw.close()
+        except (OSError, AttributeError):
+            pass
+
+
+def _worker() -> tuple[int, int]:
+    info = torch.utils.data.get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class ShardSamples(IterableDataset):
+    """(x0, label) samples from shards, split by rank and worker; see the module docstring."""
+
+    def __init__(self, urls: list[str], shape: tuple[int, ...], *, rank: int = 0, world_size: int = 1,
+                 resampled: bool = True, seed: int = 0, start_step: int = 0, shuffle_buffer: int = 1000,
+                 xflip: bool = False, corrupt: str = "skip", need_labels: bool = False):
+        if corrupt not in ("skip", "strict"):
+            raise ValueError(f"data.corrupt: {corrupt!r} is not skip or strict")
+        self.urls, self.shape = list(urls), tuple(shape)
+        self.rank, self.world_size, self.resampled = rank, world_size, resampled
+        self.seed, self.start_step, self.shuffle_buffer = seed, start_step, shuffle_buffer
+        self.xflip, self.corrupt, self.need_labels = xflip, corrupt, need_labels
+        self.epoch = 0  # bumped in the main process by EpochLoader before workers start
+        self.skipped: Counter = Counter()  # in this process; workers log theirs
+
+    # -- policy ----------------------------------------------------------------------------------------
+    def _bad(self, what: str, url: str, key: str, reason: str) -> None:
+        where = f"shard {url}" + (f", sample {key!r}" if key else "")
+        if self.corrupt == "strict":
+            raise CorruptSampleError(f"{where}: {reason} (data.corrupt=strict; set data.corrupt=skip to skip "
+                                     "corrupt samples, or rewrite the shard with `distill shards`)")
+        self.skipped[what] += 1
+        log.warning("skipped %s (%s); %d skipped so far in this process", where, reason,
+                    sum(self.skipped.values()))
+
+    def _samples(self, shards: Iterator[dict]) -> Iterator[dict]:
+        """webdataset's tar reading (gopen, tar_file_iterator, group_by_keys), one shard at a time, so
+        that an unreadable or truncated shard is reported with its URL."""
+        from webdataset.gopen import gopen
+        from webdataset.tariterators import group_by_keys, reraise_exception, tar_file_iterator
+
+        for shard in shards:
+            url = shard["url"]
+            stream = None
+            try:
+                stream = _TailStream(gopen(url))
+                files = ({**f, "__url__": url} for f in tar_file_iterator(stream, handler=reraise_exception))
+                yield from group_by_keys(files)
+                stream.check_complete(url)
+            except (tarfile.TarError, OSError, EOFError, ValueError, KeyError) as exn:
+                self._bad("shards", url, "", f"{type(exn).__name__}: {exn}")
+            finally:
+                if stream is not None:
+                    stream.close()
+
+    # -- stages ----------------------------------------------------------------------------------------
+    def _shards(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[dict]:
+        if self.resampled:
+            while True:
+                yield {"url": rng.choice(self.urls)}
+        # One pass: rank r takes every world_size-th shard, then its worker w every num_workers-th.
+        for url in self.urls[self.rank::self.world_size][worker::num_workers]:
+            yield {"url": url}
+
+    def _decode(self, sample: dict, rng: random.Random) -> tuple[torch.Tensor, int] | None:
+        url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
+        ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+        if ext is None:
+            self._bad("samples", url, key, f"no image file (one of {', '.join(IMAGE_EXTENSIONS)})")
+            return None
+        try:
+            x = decode_image(sample[ext], self.shape)
+            label = decode_label(sample.get("cls"))
+        except (UndecodableImage, ValueError) as err:
+            self._bad("samples", url, key, f"cannot decode {ext}: {err}")
+            return None
+        if self.need_labels and label < 0:
+            self._bad("samples", url, key, "no .cls label, but the teacher is class-conditional")
+            return None
+        if self.xflip and rng.random() < 0.5:
+            x = x.flip(-1)
+        return x, label
+
+    def __iter__(self):
+        import webdataset as wds
+
+        worker, num_workers = _worker()
+        rng = random.Random(mix_seed(self.seed, self.start_step, self.epoch, self.rank, worker))
+        stream = self._samples(self._shards(rng, worker, num_workers))
+        if self.shuffle_buffer > 1:
+            stream = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(stream)
+        for sample in stream:
+            out = self._decode(sample, rng)
+            if out is not None:
+                yield out
+
+
+def _collate(samples):
+    xs, labels = zip(*samples, strict=True)
+    return torch.stack(xs), torch.tensor(labels)
+
+
+class EpochLoader(DataLoader):
+    """A DataLoader that bumps the samples' epoch before its workers start, so each pass draws a new
+    stream (a worker's copy of the dataset cannot carry a counter back)."""
+
+    def __init__(self, samples: ShardSamples, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.samples = samples
+
+    def __iter__(self):
+        self.samples.epoch += 1
+        return super().__iter__()
+
+
+def build_loader(dataset: ShardSamples, batch_size: int, num_workers: int, epoch_batches: int):
+    """webdataset's WebLoader is DataPipeline(DataLoader(...)); built here around EpochLoader so the epoch
+    bump above applies. `.with_epoch(n)`: n batches per rank per epoch, the same on every rank."""
+    import webdataset as wds
+
+    os.environ["RANK"], os.environ["WORLD_SIZE"] = str(dataset.rank), str(dataset.world_size)
+    batches = wds.DataPipeline(dataset, wds.batched(batch_size, collation_fn=_collate,
+                                                    partial=not dataset.resampled))
+    loader = EpochLoader(dataset, batches, batch_size=None, num_workers=num_workers)
+    pipeline = wds.DataPipeline(loader)
+    if epoch_batches > 0:
+        pipeline = pipeline.with_epoch(epoch_batches)
+    return pipeline

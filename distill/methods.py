@@ -1,0 +1,122 @@
+"""Consistency training methods, one recipe key apart (`method.name`).
+
+A method is a bundle of defaults for the parts of one consistency step; every `auto` key of the method
+block takes its method's value, and any key set in the recipe wins (so "CD with the CT curriculum" or
+"iCT with an EMA target" are one override away, not another code path):
+
+| method | target x_cur at t_n            | pairs (t_n, t_{n+1})                  | target network rate mu        |
+|--------|--------------------------------|---------------------------------------|-------------------------------|
+| cd     | teacher ODE step (CM Alg. 2)   | Karras grid, fixed N, uniform n       | fixed `method.mu`             |
+| ct     | x0 + t_n z (CM Alg. 3)         | CT curriculum N(k) (CM app. C)        | adaptive mu(k) (CM app. C)    |
+| ict    | x0 + t_n z                     | iCT doubling N(k), lognormal n        | 0: stop-gradient (iCT 3.2)    |
+| ect    | x0 + r z                       | continuous t ~ lognormal, r = r(t, k) | 0: stop-gradient              |
+
+iCT's loss (pseudo-Huber, lambda = 1/(t_{n+1} - t_n)) and ECT's (pseudo-Huber with c = 0, i.e. the L2
+norm, over 1/(t - r)) are set in the loss block, as the paper recipes do. ECT starts from the teacher's
+weights (`student.init: auto` copies the teacher's backbone); with a teacher that has no network it
+trains from scratch and says so. CT, iCT and ECT never evaluate the teacher during training.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+from distill import curriculum as C
+from distill.config import register_choices
+from distill.targets import DataStep, TeacherStep
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    target: str  # "teacher" (ODE step) or "data" (x0 + t_n z)
+    curriculum: str  # fixed | ct | ict | ect
+    mu_schedule: str  # fixed | adaptive | none
+    index_sampling: str  # uniform | lognormal
+    from_teacher_weights: bool = False
+
+
+METHODS = {
+    "cd": Method("cd", target="teacher", curriculum="fixed", mu_schedule="fixed", index_sampling="uniform"),
+    "ct": Method("ct", target="data", curriculum="ct", mu_schedule="adaptive", index_sampling="uniform"),
+    "ict": Method("ict", target="data", curriculum="ict", mu_schedule="none", index_sampling="lognormal"),
+    "ect": Method("ect", target="data", curriculum="ect", mu_schedule="none", index_sampling="lognormal",
+                  from_teacher_weights=True),
+}
+# The recipe schema lists these names too (distill/config.py CHOICES, checked before this module loads);
+# register_choices keeps the two in step when a method is added here.
+register_choices("method.name", *METHODS)
+
+
+@dataclass
+class ConsistencyPlan:
+    """A method block with every `auto` resolved: what one training step at step k needs."""
+    method: Method
+    curriculum: str
+    mu_schedule: str
+    target: object  # TeacherStep or DataStep: (x0, z, x_next, sigma_next, sigma_cur, cond) -> x_cur
+    pairs: object  # GridPairs or ECTPairs: .sample(k, batch, generator) -> (sigma_cur, sigma_next)
+    levels: object  # k -> N(k) (for logging; ECT: the fixed N of the block)
+    mu_fixed: float
+    mu0: float
+    s0: int
+
+    def mu(self, k: int) -> float:
+        """Target network rate at step k (0 = the stop-gradient student itself)."""
+        if self.mu_schedule == "fixed":
+            return self.mu_fixed
+        if self.mu_schedule == "adaptive":
+            return C.ct_mu(self.levels(k), self.s0, self.mu0)
+        return 0.0
+
+    @property
+    def has_target_network(self) -> bool:
+        return self.mu_schedule == "adaptive" or (self.mu_schedule == "fixed" and self.mu_fixed > 0)
+
+
+def _pick(value, default):
+    return default if value in (None, "auto") else value
+
+
+def _levels(curriculum: str, m, total: int):
+    """k -> N(k) for a grid curriculum, with the paper's (s0, s1) unless the recipe sets them."""
+    if curriculum in ("fixed", "ect"):
+        return lambda k: m.N
+    s0_default, s1_default = C.CT_DEFAULTS if curriculum == "ct" else C.ICT_DEFAULTS
+    s0, s1 = _pick(m.s0, s0_default), _pick(m.s1, s1_default)
+    fn = C.ct_N if curriculum == "ct" else C.ict_N
+    return lambda k: fn(k, total, s0, s1)
+
+
+def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
+    """The method block (with its `auto`s) -> the pieces of a consistency training step."""
+    import torch
+
+    m = cfg.method
+    method = METHODS[m.name]
+    if m.solver_steps < 1 or m.skip < 1:
+        raise ValueError(f"method.solver_steps ({m.solver_steps}) and method.skip ({m.skip}) must be at least 1")
+    if m.dropout is not None and not 0 <= m.dropout < 1:
+        raise ValueError(f"method.dropout must lie in [0, 1), got {m.dropout}")
+    curriculum = _pick(m.curriculum, method.curriculum)
+    mu_schedule = _pick(m.mu_schedule, method.mu_schedule)
+    sampling = _pick(m.index_sampling, method.index_sampling)
+    total = m.total_steps or cfg.trainer.max_steps  # K of the curricula
+    levels = _levels(curriculum, m, total)
+    if curriculum == "ect":
+        pairs = C.ECTPairs(sigma_min, sigma_max, m.ect_stage_steps or max(total // 8, 1), m.ect_q, m.ect_k,
+                           m.ect_b, m.p_mean, m.p_std)
+    else:
+        pairs = C.GridPairs(levels, sigma_min, sigma_max, m.rho, sampling, m.p_mean, m.p_std, m.skip,
+                            getattr(teacher, "round_sigma", None) if method.target == "teacher" else None)
+    if method.target == "teacher":
+        target = TeacherStep(teacher.denoise, m.solver, m.solver_steps, m.rho, getattr(torch, m.target_dtype))
+    else:
+        target = DataStep()
+    scratch = getattr(teacher, "backbone", None) is None or cfg.student.init == "network"
+    if method.from_teacher_weights and scratch and not cfg.run.smoke:
+        warnings.warn(f"method.name={m.name} tunes the teacher's weights, but the student does not start from "
+                      "them (no teacher network, or student.init=network): it trains from scratch", stacklevel=2)
+    s0 = _pick(m.s0, C.CT_DEFAULTS[0] if curriculum != "ict" else C.ICT_DEFAULTS[0])
+    return ConsistencyPlan(method, curriculum, mu_schedule, target, pairs, levels, m.mu, m.mu0, s0)

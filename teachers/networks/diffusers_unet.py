@@ -1,0 +1,40 @@
+"""A diffusers `UNet2DModel` as a project network: `(x, t, cond) -> output`, rebuilt from its config.
+
+diffusers is optional (`pip install diffusers`, the `ddpm` extra); it is imported only when this network
+is built. The constructor takes the model's config dict (JSON-able), which goes into student.json.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import torch
+from torch import nn
+
+from teachers.networks import register_network
+
+
+def import_unet2d():
+    try:
+        from diffusers import UNet2DModel
+    except ImportError as err:
+        raise ImportError("DDPM teachers need diffusers, an optional dependency: pip install diffusers "
+                          "(or pip install 'distill-cm[ddpm]')") from err
+    return UNet2DModel
+
+
+def plain_config(config) -> dict[str, Any]:
+    """A diffusers config as plain JSON values, without its private `_...` keys."""
+    return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
+
+
+@register_network("diffusers_unet2d")
+class DiffusersUNet(nn.Module):
+    def __init__(self, config: dict[str, Any], module: nn.Module | None = None):
+        super().__init__()
+        self.unet = module if module is not None else import_unet2d().from_config(config)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
+        labels = None if cond is None else torch.as_tensor(cond, device=x.device).long()
+        return self.unet(x, t, class_labels=labels).sample

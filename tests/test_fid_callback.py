@@ -1,0 +1,172 @@
+"""FID during training: fid_1step/fid_2step in metrics.csv, a best-by-FID checkpoint, the EMA weights
+evaluated, and a sharded evaluation (each rank its share, float64 sums all-reduced) that equals the
+single-process number."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+# The same tiny run as tests/test_eval_cli.py (same overrides, same folder): trained once per session.
+TINY_RUN = ["trainer.max_steps=4", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+            "data.batch_size=16", "checkpoint.every_n_steps=2", "eval.every_n_steps=2", "eval.num=64",
+            "student.network={name: small_unet, width: 8, channel_mult: [1, 2], num_blocks: 1}"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These networks are tiny: one thread is faster than two, and much faster on a shared, busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def distill_cache(tmp_path_factory):
+    """One cache per test session (the digits classifier trains once, never into the user's home)."""
+    path = tmp_path_factory.getbasetemp() / "distill-cache"
+    old = os.environ.get("DISTILL_CACHE")
+    os.environ["DISTILL_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("DISTILL_CACHE", None)
+    else:
+        os.environ["DISTILL_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, distill_cache):
+    run = tmp_path_factory.getbasetemp() / "tiny-run"
+    if not (run / "student.json").is_file():
+        from distill.config import resolve
+        from distill.fit import fit
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            fit(resolve(ROOT / "recipes" / "demo.yaml", [f"run.dir={run}", *TINY_RUN]))
+        finally:
+            torch.set_num_threads(threads)
+    return run
+
+
+def fid_rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv", newline="") as f:
+        return [r for r in csv.DictReader(f) if r.get("fid_1step")]
+
+
+def test_fid_is_logged_and_best_checkpoint_written(tiny_run):
+    rows = fid_rows(tiny_run)
+    assert [int(float(r["step"])) for r in rows] == [2, 4]
+    for r in rows:
+        assert math.isfinite(float(r["fid_1step"])) and math.isfinite(float(r["fid_2step"]))
+    best = tiny_run / "checkpoints" / "best.ckpt"
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)  # a plain, resumable checkpoint
+    state = ckpt["callbacks"]["FIDCallback"]
+    assert state["best"] == pytest.approx(min(float(r["fid_1step"]) for r in rows))
+    assert [h["step"] for h in state["history"]] == [2, 4][:len(state["history"])]
+
+
+def test_logged_fid_is_the_exported_ema_students_fid(tiny_run):
+    """The last logged value, recomputed offline from the export (which holds the EMA weights)."""
+    import teachers
+    from distill.export import load_student
+    from distill.metrics.extractors import build_extractor
+    from distill.metrics.frechet import frechet_distance, gaussian_stats
+    from distill.metrics.reference import exact_samples
+    from distill.sampling import default_sigmas, sample
+
+    student = load_student(tiny_run)
+    assert student.meta["weights"].startswith("ema_")
+    ext = build_extractor("auto", student.image_shape)
+    ref = gaussian_stats(ext(exact_samples(teachers.load(student.meta["teacher"]["spec"]), 1000, 0)))
+    last = fid_rows(tiny_run)[-1]
+    for k in (1, 2):
+        x = sample(student, 64, default_sigmas(student, k), seed=0)
+        assert frechet_distance(*gaussian_stats(ext(x)), *ref) == pytest.approx(float(last[f"fid_{k}step"]),
+                                                                                rel=1e-6)
+
+
+class ThreadAllReduce:
+    """An all-reduce (sum) between ranks running in threads: what DDP's reduce does across processes."""
+
+    def __init__(self, world: int):
+        self.world, self.slots, self.barrier = world, [None] * world, threading.Barrier(world)
+
+    def strategy(self, rank: int):
+        def reduce(t, reduce_op="sum"):
+            assert reduce_op == "sum"
+            self.slots[rank] = t.clone()
+            self.barrier.wait()
+            total = sum(self.slots[1:], self.slots[0].clone())
+            self.barrier.wait()
+            return total
+
+        return SimpleNamespace(reduce=reduce, barrier=lambda *a: None)
+
+
+def test_sharded_evaluation_equals_single_process(tiny_run):
+    from distill.callbacks.fid import FIDCallback
+    from distill.export import load_student
+    from distill.metrics.extractors import build_extractor
+    from distill.metrics.frechet import gaussian_stats
+
+    student = load_student(tiny_run)
+    ext = build_extractor("pixel", student.image_shape)  # float64-exact features (no float32 network)
+    ref = gaussian_stats(ext(torch.rand(200, 1, 8, 8) * 2 - 1))
+    module = SimpleNamespace(student=student, device=torch.device("cpu"),
+                             cfg=SimpleNamespace(student=SimpleNamespace(sigmas_2=[80.0, 2.0],
+                                                                         sigmas_3=[80.0, 5.0, 0.8])))
+
+    def run(world):
+        comm, results = ThreadAllReduce(world), [None] * world
+
+        def rank_job(rank):
+            cb = FIDCallback(tiny_run, steps=(1, 2, 3), num=37, seed=5, batch_size=1)
+            cb._extractor, cb._ref = ext, ref
+            trainer = SimpleNamespace(world_size=world, global_rank=rank, callbacks=[],
+                                      strategy=comm.strategy(rank))
+            results[rank] = cb.compute(trainer, module)
+
+        threads = [threading.Thread(target=rank_job, args=(r,)) for r in range(world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        return results
+
+    # batch_size=1 and pixel features: a float32 network's output bits depend on what else is in its
+    # batch; this leaves the sharding and the all-reduce as the only differences.
+    single = run(1)[0]
+    for world in (2, 3):
+        for ranks in run(world):
+            assert ranks.keys() == single.keys()
+            for k, v in single.items():
+                assert ranks[k] == pytest.approx(v, rel=1e-9), (world, k)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_log_the_single_process_fid(tmp_path, run_cli, distill_cache):
+    """A real 2-process CPU DDP run (gloo) against one process. optim.lr=0 keeps both students at the
+    same initial weights, so only the evaluation's sharding and all-reduce could make them differ."""
+    common = ["optim.lr=0", "trainer.max_steps=2", "trainer.accelerator=cpu", "eval.every_n_steps=2",
+              "eval.num=50", "data.batch_size=8", "trainer.enable_progress_bar=false",
+              "student.network={name: small_unet, width: 8, channel_mult: [1, 2], num_blocks: 1}"]
+    env = {"DISTILL_CACHE": str(distill_cache), "OMP_NUM_THREADS": "1"}
+    run_cli("fit", ROOT / "recipes" / "demo.yaml", f"run.dir={tmp_path / 'one'}", *common, check=True, env=env)
+    run_cli("fit", ROOT / "recipes" / "demo.yaml", f"run.dir={tmp_path / 'ddp'}", "trainer.devices=2",
+            "trainer.strategy=ddp", "data.batch_size=4", *common, check=True, env=env)
+    one, ddp = fid_rows(tmp_path / "one")[-1], fid_rows(tmp_path / "ddp")[-1]
+    for key in ("fid_1step", "fid_2step"):
+        # rel 1e-6, not 1e-12: float32 networks see other batch compositions on two ranks.
+        assert float(ddp[key]) == pytest.approx(float(one[key]), rel=1e-6), (key, sys.platform)

@@ -1,0 +1,68 @@
+"""The project's digits feature network: trained deterministically, accurate, cached and reused."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def distill_cache(tmp_path_factory):
+    """One cache per test session (the classifier trains once, never into the user's home)."""
+    path = tmp_path_factory.getbasetemp() / "distill-cache"
+    old = os.environ.get("DISTILL_CACHE")
+    os.environ["DISTILL_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("DISTILL_CACHE", None)
+    else:
+        os.environ["DISTILL_CACHE"] = old
+
+
+def test_classifier_is_accurate_and_cached(distill_cache):
+    from distill.metrics.digits_features import VERSION, digits_classifier_info, digits_features
+
+    info = digits_classifier_info()  # trains into the session cache if nobody has yet
+    assert info["test_accuracy"] > 0.9, info
+    weights = distill_cache / f"digits_classifier_v{VERSION}.safetensors"
+    stamp = weights.stat().st_mtime_ns
+    ext = digits_features()  # second use: read from the cache, not retrained
+    assert weights.stat().st_mtime_ns == stamp
+    x = torch.rand(5, 1, 8, 8) * 2 - 1
+    f = ext(x)
+    assert f.shape == (5, 64) and not f.requires_grad
+    assert json.loads((distill_cache / f"digits_classifier_v{VERSION}.json").read_text())["version"] == VERSION
+
+
+def test_corrupt_cache_is_retrained(tmp_path, monkeypatch):
+    from distill.metrics import digits_features as dfm
+
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+    weights, info = dfm._paths()
+    weights.write_bytes(b"not safetensors")
+    info.write_text("{}")
+    calls = []
+    trained = (dfm.DigitsNet(), 0.95)
+    monkeypatch.setattr(dfm, "train_digits_classifier", lambda: calls.append(1) or trained)
+    dfm.load_digits_classifier()
+    assert calls == [1] and json.loads(info.read_text())["test_accuracy"] == 0.95
+    dfm.load_digits_classifier()  # now readable: no second training
+    assert calls == [1]
+
+
+def test_features_separate_real_digits_from_noise(distill_cache):
+    """The feature space should see structure: FD(real, real') << FD(real, noise)."""
+    from distill.metrics.digits_features import digits_features
+    from distill.metrics.frechet import frechet_distance, gaussian_stats
+    from teachers.analytic import load_digits_array
+
+    ext = digits_features()
+    x = torch.from_numpy(load_digits_array()[0]).float()
+    a, b = ext(x[::2]), ext(x[1::2])
+    noise = ext(torch.rand(800, 1, 8, 8) * 2 - 1)
+    same = frechet_distance(*gaussian_stats(a), *gaussian_stats(b))
+    other = frechet_distance(*gaussian_stats(noise), *gaussian_stats(b))
+    assert same * 20 < other
