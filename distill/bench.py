@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -112,6 +113,11 @@ def timed(fn: Callable[[], object], device: torch.device, now: Callable[[], floa
     fn()
     sync(device)
     return now() - start
+
+
+def say(message: str) -> None:
+    """Progress and human-readable results go to stderr; stdout carries only the JSON."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def median(values) -> float:

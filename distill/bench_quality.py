@@ -91,7 +91,8 @@ def method_config(method: str, run_dir: Path, steps: int, seed: int, extra: list
     data = merge_blocks(data, {"run": {"dir": str(run_dir), "seed": seed},
                                "trainer": {"max_steps": steps, "enable_progress_bar": False,
                                            "log_every_n_steps": max(steps // 10, 1)},
-                               "checkpoint": {"every_n_steps": steps}})
+                               "checkpoint": {"every_n_steps": steps},
+                               "eval": {"fid": False}})  # evaluated once at the end, below
     if extra:
         from distill.config import parse_overrides
 
@@ -99,16 +100,38 @@ def method_config(method: str, run_dir: Path, steps: int, seed: int, extra: list
     return to_config(OmegaConf.to_container(OmegaConf.create(data)))
 
 
-def evaluate(run_dir: Path, exact: Teacher, num: int, seed: int) -> dict:
-    from distill.evaluate import generate, report, true_samples
-    from distill.export import load_student
-    from distill.metrics.extractors import build_extractor
+class Evaluator:
+    """`distill eval`'s report for several students of one teacher, from one set of noises.
 
-    student = load_student(run_dir)
-    samples = generate(student, exact, steps=[1, 2], teacher_nfe=[], num=num, seed=seed, progress=False)
-    ref = true_samples(exact, max(num, 1000), seed)
-    extractor = build_extractor("auto", student.image_shape)
-    return report(samples, ref, f"{ref.shape[0]} exact samples of the digits teacher", extractor=extractor)
+    The exact ODE endpoints (the expensive part: a tight dopri5 solve per noise) and the reference
+    statistics are computed once and shared by every method, as `distill.evaluate.generate` would compute
+    them for each: sample i uses seed + i, its first draw is the 1-step noise.
+    """
+
+    def __init__(self, exact: Teacher, num: int, seed: int):
+        from distill.metrics.extractors import build_extractor
+        from distill.sampling import per_sample_noise
+        from distill.solvers import reference_solution
+
+        self.exact, self.num, self.seed = exact, num, seed
+        self.noise = per_sample_noise(range(seed, seed + num), exact.image_shape, 2)
+        x_t = self.noise[0].double() * exact.sigma_max
+        self.reference = reference_solution(exact.denoise, x_t, exact.sigma_max, exact.sigma_min)
+        self.true = exact.sample(max(num, 1000), torch.Generator().manual_seed(seed + 0x5EED))
+        self.extractor = build_extractor("auto", exact.image_shape)
+
+    def __call__(self, run_dir: Path) -> dict:
+        from distill.evaluate import report
+        from distill.export import load_student
+        from distill.sampling import consistency_sample, default_sigmas
+
+        student = load_student(run_dir).eval()
+        sigmas = {k: default_sigmas(student, k) for k in (1, 2)}
+        with torch.no_grad():
+            xs = {k: consistency_sample(student, self.noise, s).double().cpu() for k, s in sigmas.items()}
+        samples = {"student": xs, "teacher": {}, "reference": self.reference, "sigmas": sigmas}
+        return report(samples, self.true, f"{self.true.shape[0]} exact samples of the digits teacher",
+                      extractor=self.extractor)
 
 
 def run_quality(methods=("cd", "ct", "ict", "ect"), json_path: str | Path | None = None, *, steps: int = 1500,
@@ -123,6 +146,9 @@ def run_quality(methods=("cd", "ct", "ict", "ect"), json_path: str | Path | None
         raise ValueError(f"--method {','.join(unknown)}: choose from {', '.join(METHOD_OVERRIDES)}")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     exact = teachers.load({"name": "digits"})
+    t0 = time.perf_counter()
+    evaluate = Evaluator(exact, num, seed)
+    log(f"reference ODE endpoints of {num} noises: {time.perf_counter() - t0:.0f} s")
     results = {}
     with tempfile.TemporaryDirectory(prefix="distill-quality-") as tmp:
         for method in methods:
@@ -130,14 +156,16 @@ def run_quality(methods=("cd", "ct", "ict", "ect"), json_path: str | Path | None
             cfg = method_config(method, Path(tmp) / method, steps, seed, extra)
             teacher, note = exact, {}
             if method == "ect":
-                network = dict(cfg.student.network)
+                from omegaconf import OmegaConf
+
+                network = OmegaConf.to_container(cfg.student.network)
                 teacher = pretrain_denoiser(exact, network, ect_pretrain_steps, cfg.data.batch_size, seed=seed)
                 note = {"pretrain_steps": ect_pretrain_steps, "pretrain_s": round(time.perf_counter() - t0, 1)}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fit(cfg, teacher=teacher)
             train_s = time.perf_counter() - t0
-            rep = evaluate(Path(tmp) / method, exact, num, seed)
+            rep = evaluate(Path(tmp) / method)
             rep["train"] = {"steps": steps, "seconds": round(train_s, 1), **note}
             results[method] = rep
             s1, s2 = rep["student"]["1"], rep["student"]["2"]

@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from distill.bench import build_teacher, clock_for, median, size_spec, sync, timed
+from distill.bench import build_teacher, clock_for, median, say, size_spec, sync, timed
 from teachers.base import expand_like
 
 # method key (DESIGN.md's JSON) -> recipe overrides. Teacher calls are counted, not assumed.
@@ -168,7 +168,7 @@ def bench_method(spec: dict, key: str, repeats: int, warmup: int, extra: dict | 
 
 def run_step(sizes=("demo",), methods=tuple(METHODS), repeats: int = 10, warmup: int = 3,
              extra: dict | None = None, threads: int | None = 1, clock: str = "auto",
-             log=print) -> tuple[dict, dict]:
+             log=say) -> tuple[dict, dict]:
     """{size: {method: {step_s, passes_s, overhead_ratio, forward_units}}} and the pass breakdown.
 
     One intra-op thread by default: with two or more, OpenMP threads that wait on a descheduled peer

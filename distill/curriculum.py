@@ -66,12 +66,10 @@ def ect_r(t: torch.Tensor, stage: int, q: float = 2.0, kappa: float = 8.0, b: fl
 def truncated_lognormal(batch: int, lo: float, hi: float, p_mean: float, p_std: float,
                         generator: torch.Generator | None = None, device=None) -> torch.Tensor:
     """ln t ~ N(p_mean, p_std^2) restricted to [lo, hi] by inverse-CDF sampling, float64 (B,)."""
-    normal = torch.distributions.Normal(torch.tensor(p_mean, dtype=torch.float64),
-                                        torch.tensor(p_std, dtype=torch.float64))
-    a, c = normal.cdf(torch.tensor(math.log(lo), dtype=torch.float64)), \
-        normal.cdf(torch.tensor(math.log(hi), dtype=torch.float64))
-    u = torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
-    return normal.icdf(a.to(u.device) + u * (c - a).to(u.device)).exp().clamp(lo, hi)
+    cdf = lambda v: 0.5 * (1 + math.erf((math.log(v) - p_mean) / (p_std * math.sqrt(2))))
+    a, c = cdf(lo), cdf(hi)
+    u = a + (c - a) * torch.rand(batch, generator=generator, dtype=torch.float64, device=device)
+    return (p_mean + p_std * math.sqrt(2) * torch.erfinv(2 * u - 1)).exp().clamp(lo, hi)
 
 
 # -- pair samplers: (sigma_cur, sigma_next) = (t_n, t_{n+1}) for each sample at step k ---------------------

@@ -161,7 +161,23 @@ def consistency_edit(student, y: torch.Tensor, obs: Observation | None, sigmas: 
         x = bound(student(x_hat, float(s), cond))
         if obs is not None:
             x = obs.project(x, y)
+    if clip and obs is not None:
+        x = into_range(x, y, obs)
     return x.float().cpu()
+
+
+def into_range(x: torch.Tensor, y: torch.Tensor, obs: Observation, iters: int = 200, tol: float = 1e-4):
+    """The last projection can leave [-1, 1] (a dark block whose generated detail dips below black), and
+    writing a PNG would then clip away the exactness. Alternate clamping and projecting (POCS onto the
+    box and the affine set of images that match the observation: both convex, and they meet whenever y
+    is a valid image), ending on a projection, so the result matches y and leaves the box by very little.
+    Per image, so that an image's result does not depend on its batch."""
+    for _ in range(iters):
+        out = x.flatten(1).abs().amax(1) > 1 + tol  # (B,)
+        if not bool(out.any()):
+            break
+        x = torch.where(out.view(-1, *[1] * (x.ndim - 1)), obs.project(x.clamp(-1, 1), y), x)
+    return x
 
 
 def _run(student, y, obs, sigmas, seed, cls, batch_size, **kw) -> torch.Tensor:

@@ -149,6 +149,7 @@ def plot_fid_vs_nfe(rep: dict, path: str | Path, metric: str = "fid") -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     t = sorted((int(n), e[metric]) for n, e in rep["teacher"].items() if metric in e)
@@ -161,6 +162,9 @@ def plot_fid_vs_nfe(rep: dict, path: str | Path, metric: str = "fid") -> Path:
             ax.annotate(f"{k} step{'s' if k > 1 else ''}", (k, v), textcoords="offset points", xytext=(6, 4),
                         fontsize=8)
     ax.set_xscale("log")
+    ax.set_xticks(sorted({n for n, _ in t + s}))  # label the NFE measured, not powers of ten
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     if all(v > 0 for _, v in t + s):
         ax.set_yscale("log")
     ax.set_xlabel("network evaluations (NFE)")

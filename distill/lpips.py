@@ -77,7 +77,8 @@ def read_heads(path: Path) -> list[torch.Tensor]:
 class LPIPS(nn.Module):
     """d(a, b) -> (B,) for images in [-1, 1] of shape (B, C, H, W); C = 1 is repeated to RGB."""
 
-    def __init__(self, features: nn.Sequential, heads: list[torch.Tensor], resize: int = 224):
+    def __init__(self, features: nn.Sequential, heads: list[torch.Tensor], resize: int = 224,
+                 exact_size: bool = False):
         super().__init__()
         self.features = features.eval().requires_grad_(False)
         for m in self.features.modules():  # in-place ReLUs would overwrite the tapped activations
@@ -85,7 +86,7 @@ class LPIPS(nn.Module):
                 m.inplace = False
         for i, w in enumerate(heads):
             self.register_buffer(f"head{i}", w)
-        self.resize = int(resize)
+        self.resize, self.exact_size = int(resize), bool(exact_size)
         self.register_buffer("shift", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 2 - 1)
         self.register_buffer("scale", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 2)
 
@@ -107,18 +108,18 @@ class LPIPS(nn.Module):
         return cls(features, read_heads(heads), resize)
 
     @classmethod
-    def random(cls, avg_pool: bool = True, resize: int = 0, seed: int = 0) -> LPIPS:
-        """Random weights of the same architecture: run.smoke (timing and plumbing, never quality)."""
+    def random(cls, avg_pool: bool = True, resize: int = 0, seed: int = 0, exact_size: bool = False) -> LPIPS:
+        """Random weights of the same architecture: run.smoke (plumbing, never quality)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             features = vgg16_features(avg_pool)
             heads = [torch.rand(1, c, 1, 1) for c in CHANNELS]
-        return cls(features, heads, resize)
+        return cls(features, heads, resize, exact_size)
 
     @classmethod
     def from_config(cls, loss_cfg, smoke: bool = False) -> LPIPS:
-        if smoke:  # no files and no upsampling: seconds on a CPU, as run.smoke promises
-            return cls.random(loss_cfg.lpips_avg_pool, resize=0)
+        if smoke:  # no files, and every image resized to 32 px: seconds on a CPU, as run.smoke promises
+            return cls.random(loss_cfg.lpips_avg_pool, resize=32, exact_size=True)
         return cls.from_files(loss_cfg.lpips_backbone_path, loss_cfg.lpips_heads_path,
                               loss_cfg.lpips_avg_pool, loss_cfg.lpips_resize)
 
@@ -126,7 +127,7 @@ class LPIPS(nn.Module):
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
         size = self.resize or MIN_SIZE
-        if x.shape[-1] < size or x.shape[-2] < size:
+        if tuple(x.shape[-2:]) != (size, size) and (self.exact_size or min(x.shape[-2:]) < size):
             x = tF.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
         return (x - self.shift) / self.scale
 

@@ -28,12 +28,16 @@ from teachers.base import expand_like
 
 
 def set_dropout(net: nn.Module, rate: float) -> None:
-    """method.dropout: the rate of every dropout layer of the student's network."""
-    layers = [m for m in net.modules() if isinstance(m, nn.Dropout)]
-    if rate > 0 and not layers:
+    """method.dropout: the rate of every dropout of the student's network, whether an nn.Dropout layer or a
+    block that keeps its rate as a float `dropout` attribute for F.dropout (NVlabs EDM's UNetBlock)."""
+    found = 0
+    for m in net.modules():
+        if isinstance(m, nn.Dropout):
+            m.p, found = float(rate), found + 1
+        elif isinstance(getattr(m, "dropout", None), float):
+            m.dropout, found = float(rate), found + 1
+    if rate > 0 and not found:
         raise ValueError(f"method.dropout={rate}, but the student's network has no dropout layers")
-    for m in layers:
-        m.p = float(rate)
 
 
 @contextmanager
@@ -95,14 +99,28 @@ class ConsistencyDistillation(L.LightningModule):
         x_next = x0 + expand_like(sigma_next, x0) * z
         # CD: the teacher's ODE from t_{n+1} down to t_n; CT/iCT/ECT: x0 + t_n z with the same z.
         x_cur = self.plan.target(x0, z, x_next, sigma_next, sigma_cur, cond)
-        dropout_seed = mix_seed(int(torch.randint(2**62, (1,), generator=gen)), self.global_rank)
+        # From integers, not a draw read back with int(): that would wait for the device every step, and a
+        # CUDA generator cannot fill the CPU tensor torch.randint makes without device= (it raises).
+        dropout_seed = mix_seed(self.cfg.run.seed, k, batch_idx % accumulate, 0xD80, self.global_rank)
         pred, target = self.consistency_pair(x_next, sigma_next, x_cur, sigma_cur, cond, dropout_seed)
         # lambda(t_n) d(f(x_next, t_{n+1}), f^-(x_cur, t_n)), weighted per sample, averaged here only.
         lam = weighting(self.cfg.loss.weighting, sigma_next, sigma_cur, self.student.sigma_data)
         loss = (lam * self.distance(pred, target)).mean()
         self._mu = self.plan.mu(k)  # theta^-'s rate for this step's update (on_train_batch_end)
-        self.log("train/loss", loss, prog_bar=True)
+        if self._log_due():
+            # Lightning reads every prog_bar metric back to the host after every batch (.item(), a device
+            # sync), logged this step or not: only when a progress bar is there to show it.
+            bar = self._trainer is not None and self.trainer.progress_bar_callback is not None
+            self.log("train/loss", loss, prog_bar=bar)
         return loss
+
+    def _log_due(self) -> bool:
+        """Whether Lightning writes logs after this step (every trainer.log_every_n_steps steps).
+
+        self.log costs ~0.6 ms of Python per call (~1% of a demo step on a CPU, docs/benchmarks.md) and its
+        value is read only on those steps; the progress bar shows the last logged loss in between."""
+        connector = getattr(self._trainer, "_logger_connector", None)
+        return bool(getattr(connector, "should_update_logs", True))
 
     def consistency_pair(self, x_next, sigma_next, x_cur, sigma_cur, cond, dropout_seed: int):
         """f_theta(x_next, t_{n+1}) and the stop-gradient f_theta-(x_cur, t_n), with equal dropout masks."""

@@ -32,11 +32,14 @@ def heun_step(denoise: DenoiseFn, x, sigma_cur, sigma_next, cond=None) -> torch.
     h = expand_like(s_next - s_cur, x)
     d_cur = ode_derivative(denoise, x, s_cur, cond)
     x_euler = x + h * d_cur
-    if bool((s_next == 0).all()):
+    # A float sigma_next (the sampler's) is checked on the host; a tensor only where that is free (CPU):
+    # reading a GPU tensor back would stall every CD step, whose sigma_next is never 0.
+    if not torch.is_tensor(sigma_next) and sigma_next == 0 or \
+            torch.is_tensor(sigma_next) and s_next.device.type == "cpu" and bool((s_next == 0).all()):
         return x_euler
-    # Apply the 2nd order correction.
+    # Apply the 2nd order correction; rows that end at sigma 0 keep the Euler step, chosen on the device.
     d_next = ode_derivative(denoise, x_euler, s_next, cond)
-    return x + h * (d_cur + d_next) / 2
+    return torch.where(expand_like(s_next == 0, x), x_euler, x + h * (d_cur + d_next) / 2)
 
 
 def teacher_sigmas(nfe: int, sigma_min: float, sigma_max: float, rho: float = 7.0,

@@ -88,8 +88,14 @@ def load_ddpm(path: str | None = None, *, smoke: bool = False, prediction_type: 
     root = require_file(path, "ddpm", "a diffusers UNet2DModel folder (config.json + weights + "
                                       "scheduler_config.json) or a pipeline folder with unet/ and scheduler/")
     unet_dir, sched_path = find_layout(root)
-    UNet2DModel = import_unet2d()
-    unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
+    try:
+        UNet2DModel = import_unet2d()
+    except ImportError as err:  # an input the user fixes by installing the optional extra: exit 2
+        raise TeacherSpecError(str(err)) from err
+    try:
+        unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
+    except (OSError, ValueError) as err:  # no weights file, unreadable config
+        raise TeacherSpecError(f"teacher ddpm: cannot load the UNet2DModel in {unet_dir} ({err})") from err
     config = plain_config(unet.config)
     net = DiffusersUNet(config, module=unet)
     net.build_spec = {"name": "diffusers_unet2d", "config": config}  # as build_network would record it

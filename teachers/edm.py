@@ -106,9 +106,12 @@ def read_edm_safetensors(path: Path, config: str | Path | None) -> tuple[nn.Modu
     if not cfg_path.exists():
         raise FileNotFoundError(f"teacher edm: {cfg_path} does not exist; expected the JSON config written "
                                 f"beside {path.name} (network name and kwargs, sigma range, image shape)")
-    cfg = json.loads(cfg_path.read_text())
-    spec = dict(cfg["network"])
-    net = build_network(spec.pop("name"), **spec)
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        spec = dict(cfg["network"])
+        net = build_network(spec.pop("name"), **spec)
+    except (ValueError, TypeError, KeyError) as err:  # bad JSON, unknown network, wrong kwargs
+        raise TeacherSpecError(f"{cfg_path}: not a network config `save_edm` writes ({err})") from err
     tensors = load_file(str(path))
     if tensors and all(k.startswith("model.") for k in tensors):
         tensors = {k[len("model."):]: v for k, v in tensors.items()}  # EDMPrecond-style names

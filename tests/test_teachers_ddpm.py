@@ -14,6 +14,7 @@ import teachers
 from teachers.feeding import build_feeding
 from teachers.networks import build_network
 from teachers.networks.diffusers_unet import DiffusersUNet
+from teachers.registry import TeacherSpecError
 from teachers.vp import VPTeacher, beta_table, sigmas_from_betas
 
 LINEAR = dict(schedule="linear", num_steps=1000, beta_start=1e-4, beta_end=0.02)
@@ -138,7 +139,7 @@ def test_custom_table_feeding_spec_round_trips():
 def test_missing_diffusers_gives_install_hint(monkeypatch, tmp_path):
     (tmp_path / "config.json").write_text("{}")
     monkeypatch.setitem(sys.modules, "diffusers", None)
-    with pytest.raises(ImportError, match="pip install diffusers"):
+    with pytest.raises(TeacherSpecError, match="pip install diffusers"):
         teachers.load({"name": "ddpm", "path": str(tmp_path)})
 
 

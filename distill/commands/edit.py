@@ -87,8 +87,6 @@ def _grey(x, path: str):
 
 def build_inputs(args, student):
     """The task's tensors from the PNG files, with the checks that make bad input exit 2."""
-    import torch
-
     from distill.cli import BadInput
 
     c, h, w = student.image_shape
@@ -136,10 +134,10 @@ def build_inputs(args, student):
         known = m > 0  # pixel >= 128 counts as white (known)
         if bool(known.all()):
             raise BadInput(f"--mask {args.mask} is all white (everything known): nothing to inpaint")
-        out["mask"] = known.expand(c, h, w).clone()
+        out["mask"] = known.expand(c, h, w)[None]
     if task == "denoise" and args.sigma is None:
         raise BadInput("--task denoise needs --sigma S, the noise level of --input (in [-1, 1] pixel units)")
-    return {k: (v.to(torch.float32) if k == "x" else v) for k, v in out.items()}
+    return out
 
 
 def run(args) -> int:
@@ -163,6 +161,9 @@ def run(args) -> int:
     try:
         kw["sigmas"] = parse_floats(args.sigmas, "--sigmas") if args.sigmas else \
             editing.edit_sigmas(student, args.task, args.steps, args.sigma)
+        if args.task == "denoise" and kw["sigmas"][0] != args.sigma:
+            raise BadInput(f"denoise starts at the input's noise level: --sigmas must begin with --sigma "
+                           f"{args.sigma:g}, got {args.sigmas}")
         if args.task == "interpolate":
             a, b = inputs["seeds"]
             x = editing.interpolate(student, a, b, num, **kw)

@@ -1,0 +1,67 @@
+"""`distill bench sample`: one student step against the teacher's 35-NFE Heun sampler, same backbone.
+
+DESIGN.md, "Measuring": the 1-step student and the 35-NFE EDM Heun sampler of a teacher with the same
+network, same batch (64), same process; the ideal speedup is 35 (the number of network evaluations).
+Both run through the code users run (`distill.sampling.consistency_sample`, `distill.solvers.edm_sampler`)
+on the same noise, timed alternately so that a change in the machine's speed hits both.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from distill.bench import NetworkTeacher, clock_for, median, say, size_spec, timed
+
+TEACHER_NFE = 35
+
+
+def build_pair(spec: dict):
+    """A random-weight teacher around the size's network and a student that starts as its copy."""
+    from distill.config import to_config
+    from distill.student import build_student
+
+    teacher = NetworkTeacher(spec["network"], spec["image_shape"])
+    cfg = to_config({"student": {"init": "teacher"}})
+    return teacher, build_student(cfg, teacher).eval().requires_grad_(False)
+
+
+def run_sample(size: str = "demo", batch: int = 64, repeats: int = 5, threads: int | None = 1,
+               clock: str = "auto", device: str = "cpu", log=say) -> dict:
+    """{"student_s", "teacher_s", "speedup"}: medians over `repeats` alternating runs."""
+    from distill.sampling import consistency_sample
+    from distill.solvers import edm_sampler, teacher_sigmas
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    previous_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        dev = torch.device(device)
+        now = clock_for(dev, clock)
+        teacher, student = build_pair(size_spec(size))
+        teacher.to(dev)
+        student.to(dev)
+        noise = torch.randn((batch, *teacher.image_shape), generator=torch.Generator().manual_seed(0)).to(dev)
+        sigmas = teacher_sigmas(TEACHER_NFE, teacher.sigma_min, teacher.sigma_max,
+                                round_sigma=teacher.round_sigma)
+
+        def run_student():
+            consistency_sample(student, [noise], [student.sigma_max])
+
+        def run_teacher():
+            edm_sampler(teacher.denoise, noise, sigmas, round_sigma=teacher.round_sigma)
+
+        run_student(), run_teacher()  # warm-up: first-call allocations and kernel selection
+        times = {"student": [], "teacher": []}
+        for _ in range(repeats):
+            times["student"].append(timed(run_student, dev, now))
+            times["teacher"].append(timed(run_teacher, dev, now))
+    finally:
+        torch.set_num_threads(previous_threads)
+    student_s, teacher_s = median(times["student"]), median(times["teacher"])
+    result = {"student_s": student_s, "teacher_s": teacher_s, "speedup": teacher_s / student_s}
+    log(f"[{size}] batch {batch}: 1-step student {student_s * 1e3:.2f} ms, {TEACHER_NFE}-NFE Heun teacher "
+        f"{teacher_s * 1e3:.2f} ms, speedup x{result['speedup']:.2f} (ideal {TEACHER_NFE})")
+    return result

@@ -1,0 +1,121 @@
+"""distill bench step|sample|quality [--json FILE]
+
+step and sample time the training step and sampling (distill.bench_step, distill.bench_sample); quality
+trains each consistency method on the digits benchmark for one budget and reports report.json per method
+(distill.bench_quality). Benchmarks are measurements, not tests: see docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+
+def add_parser(sub, name):
+    p = sub.add_parser(name, help="benchmarks: training-step cost, sampling speedup, method quality",
+                       description="Each prints its JSON (DESIGN.md shapes) and writes it to --json.")
+    bench = p.add_subparsers(dest="bench", required=True, metavar="BENCH")
+    q = bench.add_parser("step", help="training-step time against the network passes it needs",
+                         description="Times a full training step as Lightning runs it and, in the same "
+                                     "process, the step's network passes alone; medians over repeats.")
+    q.add_argument("--size", default="demo", help="comma-separated: demo (the demo recipe's student, "
+                   "batch 32), cifar10 (DDPM++ student and teacher, batch 2), tiny (tests)")
+    q.add_argument("--methods", default="heun_cd,euler_cd,ct", help="comma-separated: heun_cd, euler_cd, ct")
+    q.add_argument("--repeats", type=int, default=None,
+                   help="timed steps (and as many probes) per method (default: 30 demo/tiny, 3 cifar10)")
+    q.add_argument("--warmup", type=int, default=None, help="untimed first steps (default: 3, 1 cifar10)")
+    q.add_argument("--compile", action="store_true", help="student.compile=true (torch.compile in place)")
+    _common(q)
+    q.set_defaults(_bench="step")
+    q = bench.add_parser("sample", help="1-step student against the 35-NFE teacher, same backbone",
+                         description="The 1-step student and the 35-NFE EDM Heun sampler of a random-weight "
+                                     "teacher with the same network, same batch, alternately timed.")
+    q.add_argument("--size", default="demo", choices=("demo", "cifar10", "tiny"))
+    q.add_argument("--batch", type=int, default=64)
+    q.add_argument("--repeats", type=int, default=7)
+    q.add_argument("--device", default="cpu", help="cpu or cuda")
+    _common(q)
+    q.set_defaults(_bench="sample")
+    q = bench.add_parser("quality", help="cd, ct, ict, ect on the digits benchmark, same budget each")
+    q.add_argument("--method", default="cd,ct,ict,ect", help="comma-separated: cd, ct, ict, ect")
+    q.add_argument("--steps", type=int, default=1500, help="optimizer steps per method")
+    q.add_argument("--ect-pretrain-steps", type=int, default=800,
+                   help="denoiser steps that make ECT's pretrained diffusion model")
+    q.add_argument("--num", type=int, default=1000, help="samples per evaluation")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--threads", type=int, default=1, help="intra-op threads (1: steadiest on a shared CPU)")
+    q.add_argument("--json", default=None)
+    q.set_defaults(_bench="quality")
+    return p
+
+
+def _common(q) -> None:
+    q.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads (1: steadiest on a shared CPU; 0: torch's default)")
+    q.add_argument("--clock", default="auto", choices=("auto", "cpu", "wall"),
+                   help="auto: this process's CPU time on the CPU (robust to other processes), wall on GPUs")
+    q.add_argument("--json", default=None)
+
+
+def _run_performance(args, mod):
+    from distill.cli import BadInput
+
+    if args._bench == "sample":
+        if args.batch < 1 or args.repeats < 1:
+            raise BadInput("--batch and --repeats must be positive")
+        return mod.run_sample(args.size, batch=args.batch, repeats=args.repeats, threads=args.threads,
+                              clock=args.clock, device=args.device)
+    from distill.bench import SIZES
+
+    sizes = [x.strip() for x in args.size.split(",") if x.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not sizes or any(x not in SIZES for x in sizes):
+        raise BadInput(f"--size {args.size!r}: choose from {', '.join(SIZES)}")
+    if not methods or any(m not in mod.METHODS for m in methods):
+        raise BadInput(f"--methods {args.methods!r}: choose from {', '.join(mod.METHODS)}")
+    result = {}
+    for size in sizes:  # CIFAR-10-size steps take seconds each on a CPU: fewer repeats by default
+        big = size == "cifar10"
+        repeats = args.repeats or (3 if big else 30)
+        warmup = args.warmup if args.warmup is not None else (1 if big else 3)
+        if repeats < 1 or warmup < 0:
+            raise BadInput("--repeats must be positive and --warmup not negative")
+        extra = {"student": {"compile": True}} if args.compile else None
+        result.update(mod.run_step((size,), methods, repeats=repeats, warmup=warmup, extra=extra,
+                                   threads=args.threads, clock=args.clock)[0])
+    return result
+
+
+def run(args) -> int:
+    from distill.cli import BadInput
+
+    if args._bench == "quality":
+        import torch
+
+        from distill.bench_quality import METHOD_OVERRIDES, format_methods_table, run_quality
+
+        methods = [m.strip() for m in args.method.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in METHOD_OVERRIDES]
+        if unknown or not methods:
+            raise BadInput(f"--method {args.method!r}: choose from {', '.join(METHOD_OVERRIDES)}")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        result = run_quality(methods, args.json, steps=args.steps, ect_pretrain_steps=args.ect_pretrain_steps,
+                             num=args.num, seed=args.seed)
+        print(format_methods_table(result))
+        return 0
+    # step and sample belong to the performance benchmarks (distill/bench.py and its siblings).
+    module_name = {"step": "distill.bench_step", "sample": "distill.bench_sample"}[args._bench]
+    try:
+        mod = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:
+            raise
+        raise BadInput(f"`distill bench {args._bench}` is not in this checkout yet ({module_name})") from None
+    from distill.bench import write_json
+
+    try:
+        result = _run_performance(args, mod)
+    except ValueError as err:  # e.g. a size whose network this checkout does not have
+        raise BadInput(str(err)) from None
+    write_json(result, args.json)
+    return 0
