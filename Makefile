@@ -25,9 +25,14 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
 
+# Step overhead (demo and CIFAR-10 DDPM++ sizes) and 1-step sampling speedup on the CPU (docs/benchmarks.md).
 bench: $(STAMP)
-	$(BIN)/distill bench step --json runs/bench/step.json
+	$(BIN)/distill bench step --size demo,cifar10 --json runs/bench/step.json
 	$(BIN)/distill bench sample --json runs/bench/sample.json
+
+# bf16 DDPM++ distillation on one CUDA GPU: samples/s, model FLOP utilisation, peak memory (< 8 minutes).
+bench-gpu: $(STAMP)
+	$(BIN)/python scripts/bench_gpu.py --json runs/bench/gpu.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check distill teachers tests

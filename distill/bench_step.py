@@ -149,6 +149,7 @@ def bench_method(spec: dict, key: str, repeats: int, warmup: int, extra: dict | 
         # As `distill fit` builds them, so recipe switches (student.compile, ...) apply.
         teacher, module = prepare_teacher_and_student(cfg, {}, build_teacher(spec))
         data = DistillDataModule(cfg, teacher)
+        data_s = time_data(data, clock_for(torch.device("cpu"), clock), repeats)
         trainer = build_trainer(cfg, Path(tmp))
         probe = StepProbe(warmup, repeats, clock_for(torch.device("cpu") if cfg.trainer.accelerator == "cpu"
                                                      else torch.device("cuda"), clock))
@@ -163,7 +164,14 @@ def bench_method(spec: dict, key: str, repeats: int, warmup: int, extra: dict | 
     passes_s = median(p["teacher"] + p["target_forward"] + p["student_forward_backward"] for p in probe.passes)
     step_s = median(probe.step_times())
     return {"step_s": step_s, "passes_s": passes_s, "overhead_ratio": step_s / passes_s,
-            "forward_units": step_s / passes["student_forward"]}, passes
+            "forward_units": step_s / passes["student_forward"]}, {**passes, "data": data_s}
+
+
+def time_data(data, now, repeats: int) -> float:
+    """One batch from the training dataloader, alone (it is also inside every timed step)."""
+    batches = iter(data.train_dataloader())
+    next(batches)
+    return median(timed(lambda: next(batches), torch.device("cpu"), now) for _ in range(max(5, repeats)))
 
 
 def run_step(sizes=("demo",), methods=tuple(METHODS), repeats: int = 10, warmup: int = 3,
@@ -190,7 +198,8 @@ def run_step(sizes=("demo",), methods=tuple(METHODS), repeats: int = 10, warmup:
                     f"overhead x{r['overhead_ratio']:.3f}, {r['forward_units']:.2f} forward units; "
                     f"alone: teacher {passes['teacher'] * 1e3:.2f} ms ({passes['teacher_calls']:.0f} calls), "
                     f"target forward {passes['target_forward'] * 1e3:.2f} ms, student forward+backward "
-                    f"{passes['student_forward_backward'] * 1e3:.2f} ms")
+                    f"{passes['student_forward_backward'] * 1e3:.2f} ms; a data batch "
+                    f"{passes['data'] * 1e3:.3f} ms ({passes['data'] / r['step_s']:.2%} of the step)")
     finally:
         torch.set_num_threads(previous_threads)
     return result, detail

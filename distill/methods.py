@@ -102,6 +102,11 @@ def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
     curriculum = _pick(m.curriculum, method.curriculum)
     mu_schedule = _pick(m.mu_schedule, method.mu_schedule)
     sampling = _pick(m.index_sampling, method.index_sampling)
+    if mu_schedule == "none" and m.mu > 0:
+        raise ValueError(f"method.mu={m.mu} has no effect: method {m.name} uses a stop-gradient target "
+                         "(mu_schedule none); set method.mu_schedule=fixed to use an EMA target")
+    if curriculum == "ect" and m.skip != 1:
+        raise ValueError("method.skip applies to grid curricula; ECT draws continuous (t, r) pairs")
     total = m.total_steps or cfg.trainer.max_steps  # K of the curricula
     levels = _levels(curriculum, m, total)
     if curriculum == "ect":

@@ -135,3 +135,13 @@ def test_pairs_depend_on_the_step_alone():
     ka = a.pairs.sample(300, 16, torch.Generator().manual_seed(9))
     kb = b.pairs.sample(300, 16, torch.Generator().manual_seed(9))
     assert all(torch.equal(x, y) for x, y in zip(ka, kb))
+
+
+def test_contradictory_method_keys_are_refused():
+    exact = teachers.load({"name": "toy2d"})
+    with pytest.raises(ValueError, match="stop-gradient"):
+        plan(resolve(TOY, ["method.name=ict", "method.mu=0.9"]), exact, 0.002, 80.0)
+    with pytest.raises(ValueError, match="skip"):
+        plan(resolve(TOY, ["method.name=ect", "method.skip=2"]), exact, 0.002, 80.0)
+    with pytest.raises(ValueError, match="solver_steps"):
+        plan(resolve(TOY, ["method.solver_steps=0"]), exact, 0.002, 80.0)

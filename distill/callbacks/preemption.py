@@ -95,6 +95,6 @@ class PreemptionCheckpoint(L.Callback):
             return
         if not signum:
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
         requeued = requeue_slurm_job() if trainer.is_global_zero else None
         raise Preempted(trainer.global_step, signum, requeued)

@@ -91,7 +91,13 @@ def run(args) -> int:
     if args._bench == "quality":
         import torch
 
-        from distill.bench_quality import METHOD_OVERRIDES, format_methods_table, run_quality
+        try:
+            from distill.bench_quality import METHOD_OVERRIDES, format_methods_table, run_quality
+        except ModuleNotFoundError as err:
+            if err.name != "distill.bench_quality":
+                raise
+            raise BadInput("`distill bench quality` is not available in this checkout "
+                           "(distill/bench_quality.py is missing)") from None
 
         methods = [m.strip() for m in args.method.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHOD_OVERRIDES]

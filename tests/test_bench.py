@@ -1,0 +1,70 @@
+"""`distill bench step|sample` write DESIGN.md's JSON shapes. Shapes only: speed goals live in the
+benchmarks (docs/benchmarks.md), never in timed tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distill.bench import clock_for
+from distill.bench_step import StepProbe
+from tests.conftest import ROOT
+
+STEP_KEYS = {"step_s", "passes_s", "overhead_ratio", "forward_units"}
+
+
+def positive(x) -> bool:
+    return isinstance(x, float) and math.isfinite(x) and x > 0
+
+
+def test_bench_step_json_shape(run_cli, tmp_path):
+    out = tmp_path / "step.json"
+    proc = run_cli("bench", "step", "--size", "tiny", "--repeats", "2", "--warmup", "1", "--json", out,
+                   check=True)
+    result = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == result  # stdout carries the JSON alone; progress goes to stderr
+    assert set(result) == {"tiny"}
+    assert set(result["tiny"]) == {"heun_cd", "euler_cd", "ct"}
+    for entry in result["tiny"].values():
+        assert set(entry) == STEP_KEYS and all(positive(v) for v in entry.values())
+        assert math.isclose(entry["overhead_ratio"], entry["step_s"] / entry["passes_s"])
+    assert "2 calls" in proc.stderr and "0 calls" in proc.stderr  # Heun CD's teacher calls, CT's none
+
+
+def test_bench_sample_json_shape(run_cli, tmp_path):
+    out = tmp_path / "sample.json"
+    run_cli("bench", "sample", "--size", "tiny", "--batch", "4", "--repeats", "1", "--json", out, check=True)
+    result = json.loads(out.read_text())
+    assert set(result) == {"student_s", "teacher_s", "speedup"}
+    assert all(positive(v) for v in result.values())
+    assert math.isclose(result["speedup"], result["teacher_s"] / result["student_s"])
+
+
+def test_bench_step_rejects_unknown_size(run_cli):
+    proc = run_cli("bench", "step", "--size", "imagenet")
+    assert proc.returncode == 2 and "--size" in proc.stderr
+
+
+def test_probe_keeps_only_steps_without_a_probe_before_their_end():
+    probe = StepProbe(warmup=2, repeats=2, now=None)
+    probe.stamps = [0.0, 1.0, 2.0, 10.0, 11.0, 20.0, 21.0]  # probes ran before steps 3 and 5 started
+    assert probe.step_times() == [1.0, 1.0]  # steps 3 and 5; steps 2 and 4 contain a probe
+
+
+def test_cpu_benchmarks_read_process_time():
+    import time
+
+    assert clock_for(torch.device("cpu")) is time.process_time
+    assert clock_for(torch.device("cpu"), "wall") is time.perf_counter
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_bench_gpu_says_it_needs_a_gpu():
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu.py")], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr
