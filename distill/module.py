@@ -13,7 +13,7 @@ the global batch and sliced by rank, so a resumed run draws the same noise as an
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import lightning as L
 import torch
@@ -25,6 +25,12 @@ from distill.methods import plan
 from distill.schedules import cd_grid
 from distill.student import build_student
 from teachers.base import expand_like
+
+
+def dropout_rates(net: nn.Module) -> list[float]:
+    """Every dropout rate in the network: nn.Dropout layers and float `dropout` attributes (EDM's UNetBlock)."""
+    return [m.p if isinstance(m, nn.Dropout) else m.dropout for m in net.modules()
+            if isinstance(m, nn.Dropout) or isinstance(getattr(m, "dropout", None), float)]
 
 
 def set_dropout(net: nn.Module, rate: float) -> None:
@@ -60,6 +66,7 @@ class ConsistencyDistillation(L.LightningModule):
         self.student = build_student(cfg, teacher)
         if cfg.method.dropout is not None:
             set_dropout(self.student.net, cfg.method.dropout)
+        self.has_dropout = any(r > 0 for r in dropout_rates(self.student.net))  # else no RNG fork per pass
         self.plan = plan(cfg, teacher, self.student.sigma_min, self.student.sigma_max)
         # theta^-: a separate copy only when mu can be > 0; otherwise the stop-gradient student itself.
         self.target = copy.deepcopy(self.student).requires_grad_(False) if self.plan.has_target_network \
@@ -124,9 +131,10 @@ class ConsistencyDistillation(L.LightningModule):
 
     def consistency_pair(self, x_next, sigma_next, x_cur, sigma_cur, cond, dropout_seed: int):
         """f_theta(x_next, t_{n+1}) and the stop-gradient f_theta-(x_cur, t_n), with equal dropout masks."""
-        with dropout_masks(dropout_seed, self.device):
+        masks = (lambda: dropout_masks(dropout_seed, self.device)) if self.has_dropout else nullcontext
+        with masks():
             pred = self.student(x_next, sigma_next, cond)
-        with torch.no_grad(), dropout_masks(dropout_seed, self.device):
+        with torch.no_grad(), masks():
             target_net = self.target if self.target is not None else self.student
             target = target_net(x_cur, sigma_cur, cond)
         return pred, target

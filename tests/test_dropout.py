@@ -9,6 +9,7 @@ import teachers
 from distill.config import resolve
 from distill.module import ConsistencyDistillation, dropout_masks
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny networks: one thread (two make OpenMP spin on a shared CPU)."""

@@ -145,3 +145,19 @@ def test_contradictory_method_keys_are_refused():
         plan(resolve(TOY, ["method.name=ect", "method.skip=2"]), exact, 0.002, 80.0)
     with pytest.raises(ValueError, match="solver_steps"):
         plan(resolve(TOY, ["method.solver_steps=0"]), exact, 0.002, 80.0)
+
+
+def test_bench_quality_reports_each_method(tmp_path):
+    """The `distill bench quality` plumbing at a toy budget: {"<method>": report.json} per method."""
+    import json
+
+    from distill.bench_quality import run_quality
+
+    out = tmp_path / "quality.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = run_quality(["cd", "ect"], out, steps=2, ect_pretrain_steps=2, num=16, log=lambda *_: None)
+    assert json.loads(out.read_text()).keys() == result.keys() == {"cd", "ect"}
+    for rep in result.values():
+        assert {"1", "2"} <= rep["student"].keys() and "traj_rmse" in rep["student"]["1"]
+        assert rep["num_samples"] == 16
