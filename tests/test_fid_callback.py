@@ -146,13 +146,15 @@ def test_sharded_evaluation_equals_single_process(tiny_run):
         return results
 
     # batch_size=1 and pixel features: a float32 network's output bits depend on what else is in its
-    # batch; this leaves the sharding and the all-reduce as the only differences.
+    # batch; this leaves the sharding and the all-reduce as the only differences. The sums are reduced in
+    # another order, so FID agrees to float64 rounding amplified by the eigen-solve (~1e-9 relative seen);
+    # one sample lost or counted twice out of 37 moves it by ~1e-2.
     single = run(1)[0]
     for world in (2, 3):
         for ranks in run(world):
             assert ranks.keys() == single.keys()
             for k, v in single.items():
-                assert ranks[k] == pytest.approx(v, rel=1e-9), (world, k)
+                assert ranks[k] == pytest.approx(v, rel=1e-7), (world, k)
 
 
 @pytest.mark.slow
