@@ -142,6 +142,7 @@ class EvalConfig:
     num: int = 1000
     steps: list[int] = field(default_factory=lambda: [1, 2])
     grid_every_n_steps: int = 0  # sample grids; 0: only at the end
+    grid_num: int = 64  # images per sample grid (samples/*.png)
     fid: bool = True  # FID during training (distill/callbacks/fid.py); needs exact samples or eval.ref
     # auto | inception | digits | pixel | 'package.module:attr' (distill/metrics/extractors.py)
     features: str = "auto"
@@ -330,7 +331,7 @@ def apply_smoke(data: dict) -> dict:
         "trainer": {"max_steps": 2, "accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
                     "precision": "32-true", "log_every_n_steps": 1, "enable_progress_bar": False},
         "data": {"batch_size": 4, "num_workers": 0, "size": 16},
-        "eval": {"every_n_steps": 0, "num": 16, "grid_every_n_steps": 0},
+        "eval": {"every_n_steps": 0, "num": 16, "grid_every_n_steps": 0, "grid_num": 4},
         "checkpoint": {"every_n_steps": 1},
         "teacher": {"smoke": True},
     })
@@ -341,6 +342,17 @@ def apply_smoke(data: dict) -> dict:
         net.update(width=8, channel_mult=[1, 2], num_blocks=1)
     elif net.get("name") == "mlp":
         net.update(width=16, depth=1)
+    elif "model_channels" in net:  # an EDM/ADM-family network trained from scratch (e.g. iCT)
+        from teachers.files import smoke_levels
+
+        mult, attn = smoke_levels(int(net.get("img_resolution", 32)))
+        net.update(model_channels=16, channel_mult=mult)
+        for key, value in (("num_blocks", 1), ("num_res_blocks", 1), ("attn_resolutions", [attn]),
+                           ("attention_resolutions", [attn])):
+            if key in net:
+                net[key] = value
+    # A fresh tiny student: copying even a smoke teacher's backbone costs seconds per step at 256 px.
+    # (Copies of every smoke teacher family are tested against the teacher in tests/test_teachers_*.py.)
     smoke.setdefault("student", {})["network"] = net
     smoke["student"]["init"] = "network"
     return smoke

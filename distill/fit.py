@@ -73,7 +73,8 @@ def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | Non
         callbacks.append(FIDCallback.from_config(cfg, run_dir))
     callbacks += list(callbacks_extra)
     callbacks += [LastCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_steps),
-                  SampleGrid(run_dir, cfg.eval.steps, cfg.eval.grid_every_n_steps, seed=cfg.run.seed),
+                  SampleGrid(run_dir, cfg.eval.steps, cfg.eval.grid_every_n_steps, num=cfg.eval.grid_num,
+                             seed=cfg.run.seed),
                   ExportStudent(run_dir),
                   # Last: it saves once every other callback has finished the step (EMA included).
                   PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt")]

@@ -13,14 +13,47 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes"
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# The test networks are tiny: a second intra-op thread buys nothing, and where the CPU is shared OpenMP's
+# spinning threads made them ~10x slower. Subprocesses started by `run_cli` get one thread too.
+torch.set_num_threads(1)
+
+# The same tiny digits run serves the evaluation tests (trained once per session, see `tiny_run`).
+TINY_RUN = ["trainer.max_steps=4", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
+            "data.batch_size=16", "checkpoint.every_n_steps=2", "eval.every_n_steps=2", "eval.num=64",
+            "student.network={name: small_unet, width: 8, channel_mult: [1, 2], num_blocks: 1}"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def distill_cache(tmp_path_factory):
+    """One cache per test session: the digits feature network trains once, never into the user's home
+    (subprocesses inherit the variable)."""
+    path = tmp_path_factory.getbasetemp() / "distill-cache"
+    old = os.environ.get("DISTILL_CACHE")
+    os.environ["DISTILL_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("DISTILL_CACHE", None)
+    else:
+        os.environ["DISTILL_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, distill_cache):
+    """A 4-step digits run with FID logged at steps 2 and 4 (run directory path)."""
+    run = tmp_path_factory.getbasetemp() / "tiny-run"
+    if not (run / "student.json").is_file():
+        from distill.config import resolve
+        from distill.fit import fit
+
+        fit(resolve(RECIPES / "demo.yaml", [f"run.dir={run}", *TINY_RUN]))
+    return run
 
 
 @pytest.fixture
 def run_cli(tmp_path):
     """Run `distill ...` in a subprocess (as a user would); returns CompletedProcess."""
     def _run(*args, check=False, cwd=None, timeout=600, env=None):
-        full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
         proc = subprocess.run([sys.executable, "-m", "distill", *map(str, args)], cwd=cwd or tmp_path,
                               capture_output=True, text=True, timeout=timeout, env=full_env)
         if check and proc.returncode != 0:

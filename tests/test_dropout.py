@@ -9,16 +9,6 @@ import teachers
 from distill.config import resolve
 from distill.module import ConsistencyDistillation, dropout_masks
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread (two make OpenMP spin on a shared CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 RECIPES = {"toy2d": ("recipes/toy2d.yaml", {"name": "toy2d"}),
            "digits": ("recipes/demo.yaml", {"name": "digits"})}
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import sys
 import threading
 from pathlib import Path
@@ -16,48 +15,6 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# The same tiny run as tests/test_eval_cli.py (same overrides, same folder): trained once per session.
-TINY_RUN = ["trainer.max_steps=4", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",
-            "data.batch_size=16", "checkpoint.every_n_steps=2", "eval.every_n_steps=2", "eval.num=64",
-            "student.network={name: small_unet, width: 8, channel_mult: [1, 2], num_blocks: 1}"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These networks are tiny: one thread is faster than two, and much faster on a shared, busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def distill_cache(tmp_path_factory):
-    """One cache per test session (the digits classifier trains once, never into the user's home)."""
-    path = tmp_path_factory.getbasetemp() / "distill-cache"
-    old = os.environ.get("DISTILL_CACHE")
-    os.environ["DISTILL_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("DISTILL_CACHE", None)
-    else:
-        os.environ["DISTILL_CACHE"] = old
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, distill_cache):
-    run = tmp_path_factory.getbasetemp() / "tiny-run"
-    if not (run / "student.json").is_file():
-        from distill.config import resolve
-        from distill.fit import fit
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            fit(resolve(ROOT / "recipes" / "demo.yaml", [f"run.dir={run}", *TINY_RUN]))
-        finally:
-            torch.set_num_threads(threads)
-    return run
 
 
 def fid_rows(run: Path) -> list[dict]:

@@ -1,7 +1,6 @@
 """`distill fit` end to end through the command line: files, dry-run, bad input, resume rules."""
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -52,9 +51,3 @@ def test_dry_run_prints_recipe_warns_and_creates_nothing(run_cli, tmp_path):
     assert "warning" in proc.stderr and "weights/edm.pkl" in proc.stderr
     assert "max_steps" in proc.stdout
     assert not (tmp_path / "run").exists()
-
-
-@pytest.mark.parametrize("recipe", sorted(p.name for p in Path(RECIPES).glob("*.yaml")))
-def test_every_recipe_passes_dry_run(run_cli, recipe):
-    proc = run_cli("fit", RECIPES / recipe, "--dry-run")
-    assert proc.returncode == 0, proc.stderr

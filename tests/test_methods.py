@@ -29,16 +29,6 @@ RUNS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small networks gain nothing from a second thread, and on a shared machine OpenMP's spinning
-    barriers made these runs ~10x slower with two (measured: 17 s vs 164 s for one fit)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def traj_rmse(student, exact, num=256):
     s = generate(student, exact, steps=[1], teacher_nfe=[], num=num, seed=123, progress=False)
     return rms(s["student"][1], s["reference"])

@@ -3,23 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 
-import pytest
 import torch
-
-
-@pytest.fixture(scope="session")
-def distill_cache(tmp_path_factory):
-    """One cache per test session (the classifier trains once, never into the user's home)."""
-    path = tmp_path_factory.getbasetemp() / "distill-cache"
-    old = os.environ.get("DISTILL_CACHE")
-    os.environ["DISTILL_CACHE"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("DISTILL_CACHE", None)
-    else:
-        os.environ["DISTILL_CACHE"] = old
 
 
 def test_classifier_is_accurate_and_cached(distill_cache):

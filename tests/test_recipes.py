@@ -10,31 +10,14 @@ import warnings
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from distill.cli import main as distill_main
 from distill.config import resolve
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
-# Smoke runs that take minutes for reasons outside the method code (to fix in apply_smoke / SampleGrid):
-SLOW_SMOKE = {
-    # apply_smoke shrinks only small_unet/mlp students; iCT's from-scratch song_unet stays 56M parameters.
-    "cifar10_ict": "apply_smoke keeps the full-size song_unet student",
-    # SampleGrid draws its full grid at 256 px at the end (~40 s of the ~60 s on a loaded CPU).
-    "lsun_bedroom256_cd_lpips": "the end-of-run sample grid at 256 px",
-}
 PAPER = ("cifar10_edm_cd_lpips", "cifar10_edm_cd_l2", "cifar10_ict", "cifar10_ect", "cifar10_ddpm_cd",
          "imagenet64_cd_lpips", "lsun_bedroom256_cd_lpips")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from a second thread; on a shared CPU two make OpenMP spin (~10x slower)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_the_paper_recipes_exist():
@@ -51,12 +34,7 @@ def test_dry_run(recipe, capsys, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def smoke_params():
-    return [pytest.param(p, marks=pytest.mark.slow(reason=SLOW_SMOKE[p.stem])) if p.stem in SLOW_SMOKE else p
-            for p in RECIPES]
-
-
-@pytest.mark.parametrize("recipe", smoke_params(), ids=lambda p: p.stem)
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_smoke_run(recipe, tmp_path):
     from distill.fit import fit
 

@@ -19,10 +19,16 @@ def add_parser(sub, name):
     return p
 
 
+# Recipe keys that name files a run reads (weights, data, feature networks, statistics).
+FILE_KEYS = (("teacher", "path"), ("data", "path"), ("loss", "lpips_backbone_path"), ("loss", "lpips_heads_path"),
+             ("eval", "inception_path"), ("eval", "ref"))
+
+
 def missing_files(plain: dict) -> list[str]:
-    """Paths named in the recipe that do not exist (teacher weights, data)."""
+    """Paths named in the recipe that do not exist yet. URLs, `pipe:` commands and brace patterns
+    (webdataset shards) are not checked here; their loaders report them."""
     found = []
-    for block, key in (("teacher", "path"), ("data", "path")):
+    for block, key in FILE_KEYS:
         value = (plain.get(block) or {}).get(key)
         if value and not any(ch in str(value) for ch in "{}:") and not Path(value).exists():
             found.append(f"{block}.{key}: {value}")
