@@ -8,7 +8,6 @@ property (projection exactness, batch independence, file handling) does not depe
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import shutil
 import tempfile
@@ -23,20 +22,6 @@ atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 TRAIN_STEPS = 200
 
 
-@contextlib.contextmanager
-def one_thread():
-    """These tests run tiny networks: a second intra-op thread mostly spin-waits, which on shared cores
-    made the training fixture 5x slower (163 s against 29 s)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 @functools.cache
 def trained_digits_run() -> Path:
     from distill.config import resolve
@@ -46,8 +31,7 @@ def trained_digits_run() -> Path:
         f"run.dir={_TMP / 'digits'}", f"trainer.max_steps={TRAIN_STEPS}", "trainer.enable_progress_bar=false",
         "trainer.log_every_n_steps=1000", "data.batch_size=64", "optim.lr=1e-3", "ema.rates=[0.9]", "eval.num=16",
         f"checkpoint.every_n_steps={TRAIN_STEPS}"])
-    with one_thread():
-        return fit(cfg)
+    return fit(cfg)  # one intra-op thread, as every test (tests/conftest.py)
 
 
 @functools.cache

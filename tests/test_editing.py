@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _editing_runs import ROOT, fresh_export, one_thread, trained_digits_run
+from _editing_runs import ROOT, fresh_export, trained_digits_run
 from PIL import Image
 
 import distill
@@ -20,12 +20,6 @@ from teachers.analytic import load_digits_array
 
 def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b) ** 2).mean().sqrt())
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -174,8 +168,7 @@ def test_colorize_trained_rgb_student(tmp_path):
     cfg = resolve(ROOT / "recipes" / "patches_rgb.yaml", [
         f"run.dir={tmp_path / 'rgb'}", "trainer.max_steps=300", "trainer.enable_progress_bar=false",
         "ema.rates=[0.9]", "eval.num=16", "checkpoint.every_n_steps=300"])
-    with one_thread():
-        student = distill.load_student(fit(cfg))
+    student = distill.load_student(fit(cfg))
     truth = teachers.load(dict(cfg.teacher)).sample(200, torch.Generator().manual_seed(1))
     grey_in = editing.luminance(truth)
     out = student.colorize(grey_in, seed=0)

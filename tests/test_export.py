@@ -8,17 +8,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from _editing_runs import one_thread, trained_digits_run
+from _editing_runs import trained_digits_run
 from PIL import Image
 
 import distill
 from distill.export import StudentLoadError
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 @pytest.fixture

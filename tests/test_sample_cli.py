@@ -5,18 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from _editing_runs import fresh_export, one_thread
+from _editing_runs import fresh_export
 from PIL import Image
 
 import distill
 from distill.cli import main as cli_main
 from distill.sampling import labels_for
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    with one_thread():
-        yield
 
 
 def same_uint8(a: np.ndarray, b: np.ndarray) -> None:
