@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from distill import editing
-from distill.precond import ConsistencyStudent
+from distill.math.precond import ConsistencyStudent
 from distill.sampling import default_sigmas
 from distill.sampling import sample as _sample
 

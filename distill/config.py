@@ -87,12 +87,12 @@ class MethodConfig:
     N: int = 18  # number of levels of the Karras grid (CM paper, Alg. 2)
     rho: float = 7.0
     mu: float = 0.0  # target-network rate; 0 = stop-gradient of the student (CM paper, CIFAR-10 CD)
-    index_sampling: str = "auto"  # uniform | lognormal (iCT); auto: the method's (distill/methods.py)
+    index_sampling: str = "auto"  # uniform | lognormal (iCT); auto: the method's (distill/methods/plan.py)
     target_dtype: str = "float64"
-    # Target solver (distill/targets.py): k teacher steps per target; pairs `skip` grid intervals apart.
+    # Target solver (distill/methods/targets.py): k teacher steps per target; pairs `skip` grid intervals apart.
     solver_steps: int = 1
     skip: int = 1
-    # Curricula (distill/curriculum.py), functions of the global step; auto: the method's own.
+    # Curricula (distill/methods/curriculum.py), functions of the global step; auto: the method's own.
     curriculum: str = "auto"  # fixed (N) | ct (CM app. C) | ict (doubling, iCT eq. 8) | ect (ECT r(t))
     mu_schedule: str = "auto"  # fixed (mu) | adaptive (CM app. C: exp(s0 ln mu0 / N(k))) | none (stop-grad)
     mu0: float = 0.9  # adaptive mu's rate at N = s0 (CM paper, CIFAR-10 CT)
@@ -113,7 +113,7 @@ class LossConfig:
     name: str = "l2"
     weighting: str = "uniform"
     c: float | None = None  # pseudo-Huber constant; None = 0.00054 sqrt(d) (iCT)
-    # LPIPS (distill/lpips.py): local VGG16 (torchvision format) and the lpips package's linear heads
+    # LPIPS (distill/methods/lpips.py): local VGG16 (torchvision format) and the lpips package's linear heads
     # (None: the copy the installed `lpips` package ships); the CM paper's avg-pool and 224 px upsampling.
     lpips_backbone_path: str | None = None
     lpips_heads_path: str | None = None
@@ -143,8 +143,8 @@ class EvalConfig:
     steps: list[int] = field(default_factory=lambda: [1, 2])
     grid_every_n_steps: int = 0  # sample grids; 0: only at the end
     grid_num: int = 64  # images per sample grid (samples/*.png)
-    fid: bool = True  # FID during training (distill/callbacks/fid.py); needs exact samples or eval.ref
-    # auto | inception | digits | pixel | 'package.module:attr' (distill/metrics/extractors.py)
+    fid: bool = True  # FID during training (distill/training/callbacks/fid.py); needs exact samples or eval.ref
+    # auto | inception | digits | pixel | 'package.module:attr' (distill/evaluation/metrics/extractors.py)
     features: str = "auto"
     inception_path: str | None = None  # pt_inception-2015-12-05-6726825d.pth; never downloaded
     ref: str | None = None  # reference statistics .npz (default: the analytic teacher's exact samples)

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from distill.api import Student  # the ConsistencyStudent with sample/edit methods that users hold
-from distill.precond import ConsistencyStudent
+from distill.math.precond import ConsistencyStudent
 from teachers.feeding import build_feeding
 from teachers.networks import build_network
 

@@ -65,10 +65,10 @@ def main(argv=None) -> int:
         return 2
     import lightning as L
 
-    from distill.bench import SIZES, build_teacher, say
-    from distill.bench_step import _Done, step_config
+    from distill.bench.common import SIZES, build_teacher, say
+    from distill.bench.step import _Done, step_config
     from distill.data import DistillDataModule
-    from distill.fit import build_trainer, prepare_teacher_and_student
+    from distill.training.fit import build_trainer, prepare_teacher_and_student
 
     size = "tiny" if args.smoke else "cifar10"
     spec = dict(SIZES[size], batch=4 if args.smoke else args.batch)

@@ -45,7 +45,7 @@ def fit(run_dir: Path, strategy: str, devices: int) -> dict:
 
 def peak_memory(checkpointing: bool) -> float:
     """MiB for one bf16 forward/backward of a SmallUNet (3x64x64, width 64, batch 32)."""
-    from distill.scaling import checkpoint_blocks
+    from distill.training.scaling import checkpoint_blocks
     from teachers.networks import build_network
 
     net = build_network("small_unet", in_channels=3, width=64, channel_mult=[1, 2, 2], num_blocks=2).cuda()

@@ -25,7 +25,7 @@ TRAIN_STEPS = 200
 @functools.cache
 def trained_digits_run() -> Path:
     from distill.config import resolve
-    from distill.fit import fit
+    from distill.training.fit import fit
 
     cfg = resolve(ROOT / "recipes" / "demo.yaml", [
         f"run.dir={_TMP / 'digits'}", f"trainer.max_steps={TRAIN_STEPS}", "trainer.enable_progress_bar=false",

@@ -43,7 +43,7 @@ def tiny_run(tmp_path_factory, distill_cache):
     run = tmp_path_factory.getbasetemp() / "tiny-run"
     if not (run / "student.json").is_file():
         from distill.config import resolve
-        from distill.fit import fit
+        from distill.training.fit import fit
 
         fit(resolve(RECIPES / "demo.yaml", [f"run.dir={run}", *TINY_RUN]))
     return run

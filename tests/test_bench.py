@@ -11,8 +11,8 @@ import sys
 import pytest
 import torch
 
-from distill.bench import clock_for
-from distill.bench_step import StepProbe
+from distill.bench.common import clock_for
+from distill.bench.step import StepProbe
 from tests.conftest import ROOT
 
 STEP_KEYS = {"step_s", "passes_s", "overhead_ratio", "forward_units"}

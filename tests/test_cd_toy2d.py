@@ -4,12 +4,12 @@ import torch
 
 import teachers
 from distill.config import resolve
-from distill.evaluate import rms
+from distill.evaluation.evaluate import rms
 from distill.export import load_student
-from distill.fit import fit
+from distill.math.solvers import reference_solution
 from distill.sampling import consistency_sample, per_sample_noise
-from distill.solvers import reference_solution
-from distill.student import build_student
+from distill.training.fit import fit
+from distill.training.student import build_student
 from tests.conftest import RECIPES
 
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from distill import curriculum as C
-from distill.schedules import cd_grid, index_probabilities
+from distill.math.schedules import cd_grid, index_probabilities
+from distill.methods import curriculum as C
 
 
 @pytest.mark.parametrize("k", [0, 1, 1000, 123_457, 400_000, 799_999, 800_000])

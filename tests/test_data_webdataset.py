@@ -156,7 +156,7 @@ def test_xflip_mirrors_about_half(tmp_path):
 def test_fit_trains_from_shards(tmp_path):
     """data.name=webdataset end to end: 8x8 grey shards for the digits teacher, 3 steps, one worker."""
     from distill.config import resolve
-    from distill.fit import fit
+    from distill.training.fit import fit
 
     rng = np.random.default_rng(0)
     for s in range(2):

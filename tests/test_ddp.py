@@ -52,7 +52,7 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
 
 def _initial(key: str, tmp_path: Path) -> torch.Tensor:
     from distill.config import resolve
-    from distill.fit import prepare_teacher_and_student
+    from distill.training.fit import prepare_teacher_and_student
 
     cfg = resolve(TOY, [f"run.dir={tmp_path / 'x'}", *COMMON])
     _, module = prepare_teacher_and_student(cfg, {"name": "toy2d", "modes": 8, "radius": 2.0, "sigma0": 0.5})
@@ -67,7 +67,7 @@ def test_ddp_wraps_only_the_student(tmp_path, monkeypatch):
 
     from distill.config import resolve
     from distill.data import DistillDataModule
-    from distill.fit import build_trainer, prepare_teacher_and_student
+    from distill.training.fit import build_trainer, prepare_teacher_and_student
 
     for var in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK"):
         monkeypatch.delenv(var, raising=False)  # restored afterwards: Lightning exports them
@@ -112,14 +112,14 @@ def test_fsdp_on_cpu_fails_with_a_clear_message(tmp_path, capsys):
 
 def _student():
     from distill.config import resolve
-    from distill.fit import prepare_teacher_and_student
+    from distill.training.fit import prepare_teacher_and_student
 
     cfg = resolve(TOY, ["student.network.width=16"])
     return prepare_teacher_and_student(cfg, {"name": "toy2d"})[1].student
 
 
 def test_compile_in_place_keeps_checkpoint_keys():
-    from distill.scaling import compile_student
+    from distill.training.scaling import compile_student
 
     plain, compiled = _student(), _student()
     compiled.load_state_dict(plain.state_dict())
@@ -131,7 +131,7 @@ def test_compile_in_place_keeps_checkpoint_keys():
 
 
 def test_activation_checkpointing_keeps_keys_and_gradients():
-    from distill.scaling import checkpoint_blocks
+    from distill.training.scaling import checkpoint_blocks
 
     plain, ckpt = _student(), _student()
     ckpt.load_state_dict(plain.state_dict())
@@ -146,7 +146,7 @@ def test_activation_checkpointing_keeps_keys_and_gradients():
 
 
 def test_mixed_precision_keeps_the_teacher_out_of_autocast():
-    from distill.scaling import teacher_outside_autocast
+    from distill.training.scaling import teacher_outside_autocast
 
     class Teacher:
         def __init__(self):

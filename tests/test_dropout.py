@@ -7,7 +7,7 @@ import torch
 
 import teachers
 from distill.config import resolve
-from distill.module import ConsistencyDistillation, dropout_masks
+from distill.training.module import ConsistencyDistillation, dropout_masks
 
 RECIPES = {"toy2d": ("recipes/toy2d.yaml", {"name": "toy2d"}),
            "digits": ("recipes/demo.yaml", {"name": "digits"})}

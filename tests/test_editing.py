@@ -163,7 +163,7 @@ def test_colorize_trained_rgb_student(tmp_path):
     unconditional sample given the same luminance (the colour analogue of the inpainting test)."""
     import teachers
     from distill.config import resolve
-    from distill.fit import fit
+    from distill.training.fit import fit
 
     cfg = resolve(ROOT / "recipes" / "patches_rgb.yaml", [
         f"run.dir={tmp_path / 'rgb'}", "trainer.max_steps=300", "trainer.enable_progress_bar=false",

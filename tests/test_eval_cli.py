@@ -53,10 +53,10 @@ def test_report_has_the_design_shape_and_plots(evaluated):
 def test_ref_in_edm_layout_gives_the_same_fid(evaluated, tiny_run, tmp_path):
     """Statistics of the same exact samples, saved as EDM saves them (mu, sigma only), read by --ref."""
     import teachers
+    from distill.evaluation.metrics.extractors import build_extractor
+    from distill.evaluation.metrics.frechet import gaussian_stats
+    from distill.evaluation.metrics.reference import exact_samples
     from distill.export import load_student
-    from distill.metrics.extractors import build_extractor
-    from distill.metrics.frechet import gaussian_stats
-    from distill.metrics.reference import exact_samples
 
     _, rep, _ = evaluated
     student = load_student(tiny_run)

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from distill.schedule_search import golden_section, scan_then_refine, search_sigmas
+from distill.evaluation.schedule_search import golden_section, scan_then_refine, search_sigmas
 
 
 def test_golden_section_finds_a_unimodal_minimum():

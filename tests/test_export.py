@@ -50,7 +50,7 @@ def test_copied_export_samples_like_the_run_that_made_it(copied_export, no_teach
     assert torch.equal(a, from_ckpt.sample(16, steps=2, seed=3))
     assert torch.equal(a, distill.load_student(run).sample(16, steps=2, seed=3))
     # And the same pictures as the grids the training run wrote (64 samples, seed run.seed = 0, 8 columns).
-    from distill.figures import tile
+    from distill.evaluation.figures import tile
 
     for k in (1, 2):
         mine = tile(student.sample(64, steps=k, seed=0), cols=8)[..., 0]

@@ -37,10 +37,10 @@ def test_fid_is_logged_and_best_checkpoint_written(tiny_run):
 def test_logged_fid_is_the_exported_ema_students_fid(tiny_run):
     """The last logged value, recomputed offline from the export (which holds the EMA weights)."""
     import teachers
+    from distill.evaluation.metrics.extractors import build_extractor
+    from distill.evaluation.metrics.frechet import frechet_distance, gaussian_stats
+    from distill.evaluation.metrics.reference import exact_samples
     from distill.export import load_student
-    from distill.metrics.extractors import build_extractor
-    from distill.metrics.frechet import frechet_distance, gaussian_stats
-    from distill.metrics.reference import exact_samples
     from distill.sampling import default_sigmas, sample
 
     student = load_student(tiny_run)
@@ -73,10 +73,10 @@ class ThreadAllReduce:
 
 
 def test_sharded_evaluation_equals_single_process(tiny_run):
-    from distill.callbacks.fid import FIDCallback
+    from distill.evaluation.metrics.extractors import build_extractor
+    from distill.evaluation.metrics.frechet import gaussian_stats
     from distill.export import load_student
-    from distill.metrics.extractors import build_extractor
-    from distill.metrics.frechet import gaussian_stats
+    from distill.training.callbacks.fid import FIDCallback
 
     student = load_student(tiny_run)
     ext = build_extractor("pixel", student.image_shape)  # float64-exact features (no float32 network)

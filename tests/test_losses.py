@@ -8,8 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from distill.losses import DISTANCES, build_distance, pseudo_huber, pseudo_huber_c, weighting
-from distill.lpips import CHANNELS, LPIPS, vgg16_features
+from distill.methods.losses import DISTANCES, build_distance, pseudo_huber, pseudo_huber_c, weighting
+from distill.methods.lpips import CHANNELS, LPIPS, vgg16_features
 
 
 def test_pseudo_huber_is_per_sample_formula_not_elementwise():

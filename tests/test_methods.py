@@ -11,13 +11,13 @@ import torch
 
 import teachers
 from distill import config
-from distill import curriculum as C
-from distill.bench_quality import pretrain_denoiser
+from distill.bench.quality import pretrain_denoiser
 from distill.config import resolve
-from distill.evaluate import generate, rms
+from distill.evaluation.evaluate import generate, rms
 from distill.export import load_student
-from distill.methods import METHODS, plan
-from distill.module import ConsistencyDistillation
+from distill.methods import curriculum as C
+from distill.methods.plan import METHODS, plan
+from distill.training.module import ConsistencyDistillation
 
 TOY = "recipes/toy2d.yaml"
 # Test-sized runs (300 steps, < 10 s each); each method with its paper's loss, curricula shortened.
@@ -36,7 +36,7 @@ def traj_rmse(student, exact, num=256):
 
 @pytest.mark.parametrize("method", sorted(RUNS))
 def test_each_method_lowers_one_step_trajectory_error(method, tmp_path):
-    from distill.fit import fit
+    from distill.training.fit import fit
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     exact = teachers.load({"name": "toy2d"})
@@ -141,7 +141,7 @@ def test_bench_quality_reports_each_method(tmp_path):
     """The `distill bench quality` plumbing at a toy budget: {"<method>": report.json} per method."""
     import json
 
-    from distill.bench_quality import run_quality
+    from distill.bench.quality import run_quality
 
     out = tmp_path / "quality.json"
     with warnings.catch_warnings():

@@ -8,7 +8,7 @@ import torch
 
 
 def test_classifier_is_accurate_and_cached(distill_cache):
-    from distill.metrics.digits_features import VERSION, digits_classifier_info, digits_features
+    from distill.evaluation.metrics.digits_features import VERSION, digits_classifier_info, digits_features
 
     info = digits_classifier_info()  # trains into the session cache if nobody has yet
     assert info["test_accuracy"] > 0.9, info
@@ -23,7 +23,7 @@ def test_classifier_is_accurate_and_cached(distill_cache):
 
 
 def test_corrupt_cache_is_retrained(tmp_path, monkeypatch):
-    from distill.metrics import digits_features as dfm
+    from distill.evaluation.metrics import digits_features as dfm
 
     monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
     weights, info = dfm._paths()
@@ -40,8 +40,8 @@ def test_corrupt_cache_is_retrained(tmp_path, monkeypatch):
 
 def test_features_separate_real_digits_from_noise(distill_cache):
     """The feature space should see structure: FD(real, real') << FD(real, noise)."""
-    from distill.metrics.digits_features import digits_features
-    from distill.metrics.frechet import frechet_distance, gaussian_stats
+    from distill.evaluation.metrics.digits_features import digits_features
+    from distill.evaluation.metrics.frechet import frechet_distance, gaussian_stats
     from teachers.analytic import load_digits_array
 
     ext = digits_features()

@@ -8,8 +8,8 @@ import pytest
 import scipy.linalg
 import torch
 
-from distill.metrics.frechet import frechet_distance, gaussian_stats
-from distill.metrics.stats import FeatureStats
+from distill.evaluation.metrics.frechet import frechet_distance, gaussian_stats
+from distill.evaluation.metrics.stats import FeatureStats
 
 
 def scipy_fd(mu1, s1, mu2, s2) -> float:

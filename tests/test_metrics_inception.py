@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.metrics.inception import (
+from distill.evaluation.metrics.inception import (
     WEIGHTS_FILE,
     FIDInceptionV3,
     InceptionWeightsMissing,
@@ -90,7 +90,7 @@ def test_wrong_state_dict_is_refused(tmp_path):
 
 
 def test_extractor_by_name(weights_file):
-    from distill.metrics.extractors import build_extractor
+    from distill.evaluation.metrics.extractors import build_extractor
 
     ext = build_extractor("auto", (3, 16, 16), str(weights_file))  # auto picks Inception when given the file
     assert ext.name.startswith("inception-v3") and isinstance(ext.module, FIDInceptionV3)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.metrics.precision_recall import knn_radii, precision_recall
+from distill.evaluation.metrics.precision_recall import knn_radii, precision_recall
 
 
 def gauss(n, d=4, seed=0, shift=0.0):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill.metrics.extractors import PixelFeatures, build_extractor
-from distill.metrics.reference import check_compatible, load_stats, save_stats, stats_from_images
+from distill.evaluation.metrics.extractors import PixelFeatures, build_extractor
+from distill.evaluation.metrics.reference import check_compatible, load_stats, save_stats, stats_from_images
 
 
 def stats(d=6, seed=0):

@@ -5,8 +5,8 @@ import torch
 
 import teachers
 from distill.config import resolve
-from distill.precond import consistency_scalings
-from distill.student import build_student
+from distill.math.precond import consistency_scalings
+from distill.training.student import build_student
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1,6 +1,6 @@
 """Every recipe passes `distill fit R --dry-run` and trains under run.smoke=true (DESIGN.md, "Recipes").
 
-Smoke runs go in-process (distill.config.resolve + distill.fit.fit), which saves a Python start-up each.
+Smoke runs go in-process (distill.config.resolve + distill.training.fit.fit), which saves a Python start-up each.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_dry_run(recipe, capsys, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_smoke_run(recipe, tmp_path):
-    from distill.fit import fit
+    from distill.training.fit import fit
 
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     cfg = resolve(recipe, ["run.smoke=true", f"run.dir={tmp_path / 'run'}"])

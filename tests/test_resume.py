@@ -108,7 +108,7 @@ KILL_SCRIPT = """
 import os, signal, sys
 import torch
 import distill.export
-from distill.callbacks.checkpointing import AtomicCheckpointIO
+from distill.training.callbacks.checkpointing import AtomicCheckpointIO
 
 path, mode = sys.argv[1], sys.argv[2]
 io = AtomicCheckpointIO()
@@ -174,9 +174,9 @@ def test_kill_during_checkpoint_write_in_training_keeps_previous(tmp_path):
 
 def test_nan_guard_names_step_and_keeps_last_good_checkpoint(tmp_path):
     import teachers
-    from distill.callbacks.nan_guard import NonFiniteLossError
     from distill.config import resolve
-    from distill.fit import fit
+    from distill.training.callbacks.nan_guard import NonFiniteLossError
+    from distill.training.fit import fit
 
     cfg = resolve(RECIPES / "toy2d.yaml", [f"run.dir={tmp_path / 'run'}", *ARGS, "checkpoint.every_n_steps=5",
                                            "trainer.max_steps=40"])
@@ -200,7 +200,7 @@ def test_nan_guard_names_step_and_keeps_last_good_checkpoint(tmp_path):
 
 def test_run_dir_is_rank0_only_and_idempotent(tmp_path, monkeypatch):
     from distill.config import ConfigError, resolve
-    from distill.fit import plan_run_dir, write_config
+    from distill.training.fit import plan_run_dir, write_config
 
     run_dir = tmp_path / "run"
     cfg = resolve(RECIPES / "toy2d.yaml", [f"run.dir={run_dir}"])
@@ -220,7 +220,7 @@ def test_run_dir_is_rank0_only_and_idempotent(tmp_path, monkeypatch):
 
 
 def test_csv_logger_appends_and_drops_replayed_rows(tmp_path):
-    from distill.csv_logger import AppendingCSVLogger
+    from distill.training.csv_logger import AppendingCSVLogger
 
     path = tmp_path / "metrics.csv"
     path.write_text("step,train/loss\n" + "".join(f"{s},{s / 10}\n" for s in range(0, 30, 5)))

@@ -5,8 +5,8 @@ import math
 import torch
 
 import teachers
-from distill.schedules import karras_sigmas
-from distill.solvers import euler_step, heun_step, reference_solution, teacher_sigmas
+from distill.math.schedules import karras_sigmas
+from distill.math.solvers import euler_step, heun_step, reference_solution, teacher_sigmas
 
 
 def solve(step, teacher, x, sigmas):

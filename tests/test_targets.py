@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import teachers
-from distill.solvers import heun_step, reference_solution
-from distill.targets import DataStep, TeacherStep, cd_target, ct_target, substep_sigmas
+from distill.math.solvers import heun_step, reference_solution
+from distill.methods.targets import DataStep, TeacherStep, cd_target, ct_target, substep_sigmas
 
 SIGMA = 2.0  # where the step starts: mid-trajectory, where the paths still bend
 

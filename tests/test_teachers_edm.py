@@ -179,7 +179,7 @@ def test_students_start_as_copies_of_every_family(spec):
     """f(x, s) = c_skip x + c_out F with the teacher's own feeding equals the teacher away from sigma_min."""
     import copy
 
-    from distill.precond import ConsistencyStudent
+    from distill.math.precond import ConsistencyStudent
 
     teacher = teachers.load({**spec, "smoke": True})
     student = ConsistencyStudent(copy.deepcopy(teacher.backbone), teacher.feeding, sigma_min=teacher.sigma_min,

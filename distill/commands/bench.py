@@ -1,8 +1,8 @@
 """distill bench step|sample|quality [--json FILE]
 
-step and sample time the training step and sampling (distill.bench_step, distill.bench_sample); quality
+step and sample time the training step and sampling (distill.bench.step, distill.bench.sample); quality
 trains each consistency method on the digits benchmark for one budget and reports report.json per method
-(distill.bench_quality). Benchmarks are measurements, not tests: see docs/benchmarks.md.
+(distill.bench.quality). Benchmarks are measurements, not tests: see docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def _run_performance(args, mod):
             raise BadInput("--batch and --repeats must be positive")
         return mod.run_sample(args.size, batch=args.batch, repeats=args.repeats, threads=args.threads,
                               clock=args.clock, device=args.device)
-    from distill.bench import SIZES
+    from distill.bench.common import SIZES
 
     sizes = [x.strip() for x in args.size.split(",") if x.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -92,12 +92,12 @@ def run(args) -> int:
         import torch
 
         try:
-            from distill.bench_quality import METHOD_OVERRIDES, format_methods_table, run_quality
+            from distill.bench.quality import METHOD_OVERRIDES, format_methods_table, run_quality
         except ModuleNotFoundError as err:
-            if err.name != "distill.bench_quality":
+            if err.name != "distill.bench.quality":
                 raise
             raise BadInput("`distill bench quality` is not available in this checkout "
-                           "(distill/bench_quality.py is missing)") from None
+                           "(distill/bench/quality.py is missing)") from None
 
         methods = [m.strip() for m in args.method.split(",") if m.strip()]
         unknown = [m for m in methods if m not in METHOD_OVERRIDES]
@@ -109,15 +109,15 @@ def run(args) -> int:
                              num=args.num, seed=args.seed)
         print(format_methods_table(result))
         return 0
-    # step and sample belong to the performance benchmarks (distill/bench.py and its siblings).
-    module_name = {"step": "distill.bench_step", "sample": "distill.bench_sample"}[args._bench]
+    # step and sample belong to the performance benchmarks (distill/bench/common.py and its siblings).
+    module_name = {"step": "distill.bench.step", "sample": "distill.bench.sample"}[args._bench]
     try:
         mod = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if err.name != module_name:
             raise
         raise BadInput(f"`distill bench {args._bench}` is not in this checkout yet ({module_name})") from None
-    from distill.bench import write_json
+    from distill.bench.common import write_json
 
     try:
         result = _run_performance(args, mod)

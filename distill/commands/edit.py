@@ -144,8 +144,8 @@ def run(args) -> int:
     from distill import editing
     from distill.cli import BadInput
     from distill.commands.sample import parse_floats, write_images, write_png
+    from distill.evaluation.figures import save_grid
     from distill.export import load_student
-    from distill.figures import save_grid
 
     student = load_student(args.path, device=args.device)
     if len(student.image_shape) != 3:

@@ -58,9 +58,9 @@ def student_json_path(path: Path) -> Path:
 def build_features(args, student):
     """(extractor, reference stats or None), failing early (exit 2) on a missing file or a bad choice."""
     from distill.cli import BadInput
-    from distill.metrics.extractors import build_extractor
-    from distill.metrics.frechet import gaussian_stats
-    from distill.metrics.reference import check_compatible, load_stats
+    from distill.evaluation.metrics.extractors import build_extractor
+    from distill.evaluation.metrics.frechet import gaussian_stats
+    from distill.evaluation.metrics.reference import check_compatible, load_stats
 
     recipe_eval = (student.meta.get("recipe") or {}).get("eval") or {}
     inception = args.inception or recipe_eval.get("inception_path")
@@ -80,10 +80,10 @@ def build_features(args, student):
 
 
 def search(args, student, extractor, ref, teacher) -> dict:
+    from distill.evaluation.metrics.frechet import gaussian_stats
+    from distill.evaluation.metrics.reference import exact_samples
+    from distill.evaluation.schedule_search import fid_objective, search_sigmas
     from distill.export import update_sampling_sigmas
-    from distill.metrics.frechet import gaussian_stats
-    from distill.metrics.reference import exact_samples
-    from distill.schedule_search import fid_objective, search_sigmas
 
     meta_path = student_json_path(Path(args.path))
     mu, sigma = (ref.mu, ref.sigma) if ref is not None else \
@@ -105,10 +105,10 @@ def search(args, student, extractor, ref, teacher) -> dict:
 def run(args) -> int:
     import teachers
     from distill.cli import BadInput
-    from distill.evaluate import format_table, generate, plot_fid_vs_nfe, report
+    from distill.evaluation.evaluate import format_table, generate, plot_fid_vs_nfe, report
+    from distill.evaluation.figures import save_comparison
+    from distill.evaluation.metrics.reference import exact_samples
     from distill.export import load_student
-    from distill.figures import save_comparison
-    from distill.metrics.reference import exact_samples
 
     steps = parse_ints(args.steps, "--steps")
     nfes = parse_ints(args.teacher_nfe, "--teacher-nfe")

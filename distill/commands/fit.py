@@ -37,7 +37,7 @@ def missing_files(plain: dict) -> list[str]:
 
 def run(args) -> int:
     from distill.config import resolve, to_plain
-    from distill.fit import fit, plan_run_dir
+    from distill.training.fit import fit, plan_run_dir
 
     cfg = resolve(args.recipe, args.overrides)
     plain = to_plain(cfg)
@@ -50,8 +50,8 @@ def run(args) -> int:
     if missing:
         raise FileNotFoundError("; ".join(f"{m} does not exist" for m in missing) +
                                 " (fix the path in the recipe or override it on the command line)")
-    from distill.callbacks.nan_guard import NonFiniteLossError
-    from distill.callbacks.preemption import Preempted
+    from distill.training.callbacks.nan_guard import NonFiniteLossError
+    from distill.training.callbacks.preemption import Preempted
 
     plan_run_dir(cfg)
     try:

@@ -38,7 +38,7 @@ def write_png(x, path: Path) -> None:
     """One image (C, H, W) in [-1, 1] -> a PNG of exactly its size ('L' for one channel, else RGB)."""
     from PIL import Image
 
-    from distill.figures import to_uint8
+    from distill.evaluation.figures import to_uint8
 
     img = to_uint8(x[None])[0]
     Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
@@ -47,7 +47,7 @@ def write_png(x, path: Path) -> None:
 def write_images(x, out: Path) -> None:
     """.png: a grid; .npz: uint8 (N, H, W, 3) under 'arr_0' (grey repeated to RGB), the layout of
     OpenAI's evaluator, clean-fid and torch-fidelity; anything else: a folder 000000.png, ..."""
-    from distill.figures import save_grid, to_uint8
+    from distill.evaluation.figures import save_grid, to_uint8
 
     if out.suffix == ".png":
         out.parent.mkdir(parents=True, exist_ok=True)

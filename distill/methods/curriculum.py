@@ -21,7 +21,7 @@ from functools import lru_cache
 
 import torch
 
-from distill.schedules import cd_grid, index_probabilities, sample_indices
+from distill.math.schedules import cd_grid, index_probabilities, sample_indices
 
 # Defaults (s0, s1) of each paper's N(k): CT on CIFAR-10 (CM paper, Table 3) and iCT (sec. 3.4).
 CT_DEFAULTS = (2, 150)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distill.metrics.frechet import gaussian_stats
+from distill.evaluation.metrics.frechet import gaussian_stats
 
 
 @dataclass

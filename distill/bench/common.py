@@ -2,8 +2,8 @@
 
 Benchmarks are not timed tests (DESIGN.md, "Measuring"): they report ratios of times measured in one
 process, as medians over repeats, so that load from other processes on a shared machine moves both
-sides of a ratio alike. The step benchmark lives in `distill.bench_step`, the sampling one in
-`distill.bench_sample`.
+sides of a ratio alike. The step benchmark lives in `distill.bench.step`, the sampling one in
+`distill.bench.sample`.
 """
 
 from __future__ import annotations

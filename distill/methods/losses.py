@@ -43,7 +43,7 @@ DISTANCES = {"l2": l2, "l1": l1, "pseudo_huber": pseudo_huber}
 def build_distance(loss_cfg, smoke: bool = False):
     """d(a, b) -> (B,) as the loss block names it. LPIPS is a network: built here, held by the caller."""
     if loss_cfg.name == "lpips":
-        from distill.lpips import LPIPS
+        from distill.methods.lpips import LPIPS
 
         return LPIPS.from_config(loss_cfg, smoke=smoke)
     fn = DISTANCES[loss_cfg.name]

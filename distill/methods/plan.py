@@ -22,9 +22,9 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-from distill import curriculum as C
 from distill.config import register_choices
-from distill.targets import DataStep, TeacherStep
+from distill.methods import curriculum as C
+from distill.methods.targets import DataStep, TeacherStep
 
 
 @dataclass(frozen=True)

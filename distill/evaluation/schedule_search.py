@@ -52,7 +52,7 @@ def scan_then_refine(f: Callable[[float], float], lo: float, hi: float, points: 
 
 def fid_objective(student, extractor, ref_mu, ref_sigma, num: int, seed: int = 0, batch_size: int = 500):
     """schedule (list of sigmas, first = sigma_max) -> FID of `num` student samples (fixed seeds)."""
-    from distill.metrics.frechet import frechet_distance, gaussian_stats
+    from distill.evaluation.metrics.frechet import frechet_distance, gaussian_stats
     from distill.sampling import sample
 
     cache: dict[tuple, float] = {}

@@ -6,7 +6,7 @@ Nothing runs between those steps, so the hot loop never waits on the device for 
 
 Under DDP each rank generates a contiguous share of the `eval.num` samples; sample i always uses seed
 run.seed + i (distill/sampling.py), and the feature statistics are float64 sums all-reduced across ranks
-(distill/metrics/stats.py), so every rank gets the number a single process would, and every rank makes
+(distill/evaluation/metrics/stats.py), so every rank gets the number a single process would, and every rank makes
 the same "best" decision before the (collective) checkpoint save.
 Metrics go straight to the run's logger (metrics.csv) as fid_<k>step at the current step: logging
 through `pl_module.log` would only reach the file on `log_every_n_steps` boundaries.
@@ -61,9 +61,9 @@ class FIDCallback(L.Callback):
 
     # -- setup: the extractor and the reference statistics, once per fit ----------------------------------
     def _prepare(self, trainer, pl_module):
-        from distill.metrics.extractors import build_extractor
-        from distill.metrics.frechet import gaussian_stats
-        from distill.metrics.reference import check_compatible, exact_samples, load_stats
+        from distill.evaluation.metrics.extractors import build_extractor
+        from distill.evaluation.metrics.frechet import gaussian_stats
+        from distill.evaluation.metrics.reference import check_compatible, exact_samples, load_stats
 
         shape = pl_module.student.image_shape
         # Rank 0 first: the digits classifier may need training and caching; the others then read the cache.
@@ -104,9 +104,9 @@ class FIDCallback(L.Callback):
     @torch.no_grad()
     def compute(self, trainer, pl_module) -> dict[str, float]:
         """{"fid_<k>step": value} over all ranks' samples; every rank must call it (collective)."""
-        from distill.evaluate import sigmas_for_steps
-        from distill.metrics.frechet import frechet_distance
-        from distill.metrics.stats import FeatureStats
+        from distill.evaluation.evaluate import sigmas_for_steps
+        from distill.evaluation.metrics.frechet import frechet_distance
+        from distill.evaluation.metrics.stats import FeatureStats
         from distill.sampling import sample
 
         student = self._eval_student(trainer, pl_module)

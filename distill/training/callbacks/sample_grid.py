@@ -27,7 +27,7 @@ class SampleGrid(L.Callback):
     def write(self, trainer, pl_module, tag: str):
         if trainer.global_rank != 0 or len(pl_module.student.image_shape) != 3:
             return
-        from distill.figures import save_grid
+        from distill.evaluation.figures import save_grid
         from distill.sampling import default_sigmas, sample
 
         student = self._student_for_eval(trainer, pl_module)

@@ -53,11 +53,11 @@ def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | Non
     import lightning as L
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from distill.callbacks import AtomicCheckpointIO, ExportStudent, LastCheckpoint, NaNGuard, StudentEMA
-    from distill.callbacks.preemption import PreemptionCheckpoint
-    from distill.callbacks.sample_grid import SampleGrid
-    from distill.csv_logger import AppendingCSVLogger
-    from distill.scaling import check_strategy
+    from distill.training.callbacks import AtomicCheckpointIO, ExportStudent, LastCheckpoint, NaNGuard, StudentEMA
+    from distill.training.callbacks.preemption import PreemptionCheckpoint
+    from distill.training.callbacks.sample_grid import SampleGrid
+    from distill.training.csv_logger import AppendingCSVLogger
+    from distill.training.scaling import check_strategy
 
     t = cfg.trainer
     check_strategy(t)
@@ -68,7 +68,7 @@ def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | Non
     if cfg.ema.rates:
         callbacks.append(StudentEMA(cfg.ema.rates))
     if cfg.eval.fid:  # after StudentEMA, so it evaluates averages that include this step
-        from distill.callbacks.fid import FIDCallback
+        from distill.training.callbacks.fid import FIDCallback
 
         callbacks.append(FIDCallback.from_config(cfg, run_dir))
     callbacks += list(callbacks_extra)
@@ -95,8 +95,8 @@ def prepare_teacher_and_student(cfg, teacher_spec, teacher=None):
     import lightning as L
 
     import teachers
-    from distill.module import ConsistencyDistillation
-    from distill.scaling import checkpoint_blocks, compile_student, teacher_outside_autocast
+    from distill.training.module import ConsistencyDistillation
+    from distill.training.scaling import checkpoint_blocks, compile_student, teacher_outside_autocast
 
     spec = dict(teacher_spec)
     autocast = bool(spec.pop("autocast", False))
@@ -127,7 +127,7 @@ def write_config(run_dir: Path, cfg) -> None:
 def fit(cfg, teacher=None):
     """Train as the recipe says. `teacher` may be any Denoiser object (overrides the recipe's block).
 
-    Raises `distill.callbacks.preemption.Preempted` after a preemption checkpoint (the caller exits)."""
+    Raises `distill.training.callbacks.preemption.Preempted` after a preemption checkpoint (the caller exits)."""
     from distill.data import DistillDataModule
 
     run_dir, resume = plan_run_dir(cfg)

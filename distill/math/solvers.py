@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import torch
 
-from distill.schedules import karras_sigmas
+from distill.math.schedules import karras_sigmas
 from teachers.base import expand_like, sigma_per_sample
 
 DenoiseFn = Callable[..., torch.Tensor]

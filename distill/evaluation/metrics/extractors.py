@@ -71,13 +71,13 @@ def build_extractor(choice: str, image_shape, inception_path: str | None = None)
     if choice == "digits":
         if tuple(image_shape) != DIGITS_SHAPE:
             raise ValueError(f"digits features need 8x8 grey images, the student makes {tuple(image_shape)}")
-        from distill.metrics.digits_features import VERSION, digits_features
+        from distill.evaluation.metrics.digits_features import VERSION, digits_features
 
         return Extractor(digits_features(), f"digits-classifier-v{VERSION} penultimate (64-d)")
     if choice == "inception":
         if len(image_shape) != 3 or image_shape[0] not in (1, 3):
             raise ValueError(f"Inception features need images (1 or 3 channels), got {tuple(image_shape)}")
-        from distill.metrics.inception import WEIGHTS_FILE, load_inception
+        from distill.evaluation.metrics.inception import WEIGHTS_FILE, load_inception
 
         return Extractor(load_inception(inception_path), f"inception-v3 pool3 ({WEIGHTS_FILE}, TF1 resize)")
     if ":" in choice:

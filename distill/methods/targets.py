@@ -4,7 +4,7 @@ CD (CM paper, Alg. 2): x_next = x + t_{n+1} z, then the teacher's PF-ODE is solv
 t_n. The solver is chosen by `method.solver` (heun, the paper's default, or euler) and `method.solver_steps`
 (k sub-steps per target, spaced like the Karras grid between the two levels: a more exact target at k times
 the teacher cost). The skipping-step target (one step across `method.skip` grid intervals, LCM sec. 4.3)
-is a choice of the pair (t_n, t_{n+skip}) and lives in the pair sampler (distill/curriculum.py); the solver
+is a choice of the pair (t_n, t_{n+skip}) and lives in the pair sampler (distill/methods/curriculum.py); the solver
 here does not care how far apart its two levels are.
 
 CT, iCT and ECT (CM paper Alg. 3; no teacher): x_cur = x + t_n z with the same z, the one-sample estimate
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distill.solvers import euler_step, heun_step
+from distill.math.solvers import euler_step, heun_step
 from teachers.base import expand_like
 
 SOLVERS = {"heun": heun_step, "euler": euler_step}

@@ -2,7 +2,7 @@
 
 DESIGN.md, "Measuring": the 1-step student and the 35-NFE EDM Heun sampler of a teacher with the same
 network, same batch (64), same process; the ideal speedup is 35 (the number of network evaluations).
-Both run through the code users run (`distill.sampling.consistency_sample`, `distill.solvers.edm_sampler`)
+Both run through the code users run (`distill.sampling.consistency_sample`, `distill.math.solvers.edm_sampler`)
 on the same noise, timed alternately so that a change in the machine's speed hits both.
 """
 
@@ -12,7 +12,7 @@ import logging
 
 import torch
 
-from distill.bench import NetworkTeacher, clock_for, median, say, size_spec, timed
+from distill.bench.common import NetworkTeacher, clock_for, median, say, size_spec, timed
 
 TEACHER_NFE = 35
 
@@ -20,7 +20,7 @@ TEACHER_NFE = 35
 def build_pair(spec: dict):
     """A random-weight teacher around the size's network and a student that starts as its copy."""
     from distill.config import to_config
-    from distill.student import build_student
+    from distill.training.student import build_student
 
     teacher = NetworkTeacher(spec["network"], spec["image_shape"])
     cfg = to_config({"student": {"init": "teacher"}})
@@ -30,8 +30,8 @@ def build_pair(spec: dict):
 def run_sample(size: str = "demo", batch: int = 64, repeats: int = 5, threads: int | None = 1,
                clock: str = "auto", device: str = "cpu", log=say) -> dict:
     """{"student_s", "teacher_s", "speedup"}: medians over `repeats` alternating runs."""
+    from distill.math.solvers import edm_sampler, teacher_sigmas
     from distill.sampling import consistency_sample
-    from distill.solvers import edm_sampler, teacher_sigmas
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     previous_threads = torch.get_num_threads()

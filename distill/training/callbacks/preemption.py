@@ -5,7 +5,7 @@ Saving inside the signal handler can hang (FACTS.md): the handler may run on one
 collective, and Lightning's own SLURM handler saves there (lightning 2.6,
 trainer/connectors/signal_connector.py). So the handler only sets a flag; every rank all-reduces the
 flag (MAX) at the end of each batch, so all ranks see the same decision at the same step, call the
-collective `trainer.save_checkpoint` together, and raise `Preempted`, which `distill.fit` turns into a
+collective `trainer.save_checkpoint` together, and raise `Preempted`, which `distill.training.fit` turns into a
 clean exit. Lightning's SLURM auto-requeue is switched off in `build_trainer` so that it does not
 install its handler over ours.
 

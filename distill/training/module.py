@@ -1,7 +1,7 @@
 """Consistency distillation and training as a LightningModule (CM paper, Alg. 2 and 3; iCT; ECT).
 
-The method block (distill/methods.py) decides where the target comes from (a teacher ODE step or
-x0 + t_n z), how the pairs (t_n, t_{n+1}) are drawn at step k (curricula, distill/curriculum.py) and the
+The method block (distill/methods/plan.py) decides where the target comes from (a teacher ODE step or
+x0 + t_n z), how the pairs (t_n, t_{n+1}) are drawn at step k (curricula, distill/methods/curriculum.py) and the
 target network's rate; this module runs the step those pieces describe.
 The teacher is held outside the module's registered children: it is not wrapped by DDP, not averaged
 by EMA and not saved in checkpoints (FACTS.md, ecosystem), and the module moves it to the device.
@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from distill.data.step_batches import mix_seed
-from distill.losses import build_distance, weighting
-from distill.methods import plan
-from distill.schedules import cd_grid
-from distill.student import build_student
+from distill.math.schedules import cd_grid
+from distill.methods.losses import build_distance, weighting
+from distill.methods.plan import plan
+from distill.training.student import build_student
 from teachers.base import expand_like
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from distill.metrics.frechet import frechet_distance, gaussian_stats
-from distill.metrics.reference import ReferenceStats, exact_samples
+from distill.evaluation.metrics.frechet import frechet_distance, gaussian_stats
+from distill.evaluation.metrics.reference import ReferenceStats, exact_samples
+from distill.math.solvers import edm_sampler, reference_solution, teacher_sigmas
 from distill.sampling import consistency_sample, per_sample_noise
-from distill.solvers import edm_sampler, reference_solution, teacher_sigmas
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -37,7 +37,7 @@ def sigmas_for_steps(student, steps: int) -> list[float]:
         return [float(s) for s in table[str(steps)]]
     if steps == 1:
         return [student.sigma_max]
-    from distill.schedules import karras_sigmas
+    from distill.math.schedules import karras_sigmas
 
     return [float(s) for s in karras_sigmas(steps + 1, student.sigma_min, student.sigma_max)[:-1]]
 
@@ -81,12 +81,12 @@ def report(samples: dict, reference_images: torch.Tensor | None, reference_name:
            ref_stats: ReferenceStats | None = None, pr_k: int | None = 3) -> dict:
     """report.json's shape from generated samples and the reference.
 
-    `extractor` (distill.metrics.extractors.Extractor; None = pixels) names the FID feature space.
+    `extractor` (distill.evaluation.metrics.extractors.Extractor; None = pixels) names the FID feature space.
     `ref_stats` (from --ref) replaces the statistics of `reference_images` in that space; its pixel
     statistics, when recorded, serve fd_pixel. precision/recall need `reference_images` (k-NN manifolds).
     """
     if extractor is None:
-        from distill.metrics.extractors import Extractor, PixelFeatures
+        from distill.evaluation.metrics.extractors import Extractor, PixelFeatures
 
         extractor = Extractor(PixelFeatures(), "pixel")
     pixel_ref = gaussian_stats(reference_images.flatten(1)) if reference_images is not None else \
@@ -107,7 +107,7 @@ def report(samples: dict, reference_images: torch.Tensor | None, reference_name:
         feats = extractor(x)
         entry["fid"] = frechet_distance(*gaussian_stats(feats), *feat_ref)
         if pr_k and ref_feats is not None:
-            from distill.metrics.precision_recall import precision_recall
+            from distill.evaluation.metrics.precision_recall import precision_recall
 
             entry.update(precision_recall(ref_feats, feats, k=pr_k))
         if with_traj and ref_end is not None:

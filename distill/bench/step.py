@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from distill.bench import build_teacher, clock_for, median, say, size_spec, sync, timed
+from distill.bench.common import build_teacher, clock_for, median, say, size_spec, sync, timed
 from teachers.base import expand_like
 
 # method key (DESIGN.md's JSON) -> recipe overrides. Teacher calls are counted, not assumed.
@@ -114,9 +114,9 @@ def method_available(key: str) -> bool:
     from distill import config
 
     try:  # the methods module registers `method.name` choices on import
-        import distill.methods  # noqa: F401
+        import distill.methods.plan  # noqa: F401
     except ModuleNotFoundError as err:
-        if err.name != "distill.methods":
+        if err.name != "distill.methods.plan":
             raise
     return "ct" in config.CHOICES.get("method.name", ())
 
@@ -141,7 +141,7 @@ def step_config(spec: dict, key: str, run_dir: Path, max_steps: int, extra: dict
 def bench_method(spec: dict, key: str, repeats: int, warmup: int, extra: dict | None = None,
                  clock: str = "auto") -> tuple[dict, dict]:
     from distill.data import DistillDataModule
-    from distill.fit import build_trainer, prepare_teacher_and_student
+    from distill.training.fit import build_trainer, prepare_teacher_and_student
 
     with tempfile.TemporaryDirectory(prefix="distill-bench-") as tmp:
         probe_steps = warmup + 2 * repeats + 2

@@ -25,7 +25,7 @@ import torch
 
 from teachers.base import BackboneFeeding, Teacher
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE_RECIPE = ROOT / "recipes" / "demo.yaml"
 
 # Each method with its paper's loss (and ECT's c = 0: the plain L2 norm over 1/(t - r), ECT's `-c 0`).
@@ -59,7 +59,7 @@ def pretrain_denoiser(exact: Teacher, network: dict, steps: int, batch: int = 12
                       seed: int = 0, p_mean: float = -1.2, p_std: float = 1.2) -> PretrainedTeacher:
     """EDM's denoiser training (EDM sec. 5: lognormal sigma, lambda = (s^2 + sd^2) / (s sd)^2), regressing
     the exact teacher's D(x, sigma) instead of x0: the same minimiser, with less variance."""
-    from distill.student import network_spec_for
+    from distill.training.student import network_spec_for
     from teachers.networks import build_network
 
     torch.manual_seed(seed)
@@ -107,14 +107,14 @@ class Evaluator:
     """`distill eval`'s report for several students of one teacher, from one set of noises.
 
     The exact ODE endpoints (the expensive part: a tight dopri5 solve per noise) and the reference
-    statistics are computed once and shared by every method, as `distill.evaluate.generate` would compute
+    statistics are computed once and shared by every method, as `distill.evaluation.evaluate.generate` would compute
     them for each: sample i uses seed + i, its first draw is the 1-step noise.
     """
 
     def __init__(self, exact: Teacher, num: int, seed: int):
-        from distill.metrics.extractors import build_extractor
+        from distill.evaluation.metrics.extractors import build_extractor
+        from distill.math.solvers import reference_solution
         from distill.sampling import per_sample_noise
-        from distill.solvers import reference_solution
 
         self.exact, self.num, self.seed = exact, num, seed
         self.noise = per_sample_noise(range(seed, seed + num), exact.image_shape, 2)
@@ -124,7 +124,7 @@ class Evaluator:
         self.extractor = build_extractor("auto", exact.image_shape)
 
     def __call__(self, run_dir: Path) -> dict:
-        from distill.evaluate import report
+        from distill.evaluation.evaluate import report
         from distill.export import load_student
         from distill.sampling import consistency_sample, default_sigmas
 
@@ -142,7 +142,7 @@ def run_quality(methods=("cd", "ct", "ict", "ect"), json_path: str | Path | None
                 log=print) -> dict:
     """Train each method on digits for `steps` optimizer steps; {"<method>": report} (+ json_path)."""
     import teachers
-    from distill.fit import fit
+    from distill.training.fit import fit
 
     unknown = [m for m in methods if m not in METHOD_OVERRIDES]
     if unknown:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import inspect
 
-from distill.precond import ConsistencyStudent
+from distill.math.precond import ConsistencyStudent
 from teachers.base import BackboneFeeding
 from teachers.networks import _NETWORKS, _import_all, build_network
 

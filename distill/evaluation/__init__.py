@@ -1,0 +1,1 @@
+"""Evaluation: report.json (FID, trajectory error), few-step schedule search, figures, feature metrics."""

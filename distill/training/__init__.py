@@ -1,0 +1,1 @@
+"""Training: the LightningModule, building the student, `fit` (run directory, resume), callbacks, scaling."""
