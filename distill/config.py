@@ -76,6 +76,9 @@ class StudentConfig:
     # Student sigmas for 2 and 3 steps (the first is sigma_max); 1 step is [sigma_max].
     sigmas_2: list[float] = field(default_factory=lambda: [80.0, 2.0])
     sigmas_3: list[float] = field(default_factory=lambda: [80.0, 5.0, 0.8])
+    # Warm start (distill/methods/denoiser.py): the first denoiser_steps optimizer steps train the network as the
+    # teacher's denoiser (EDM's loss), the rest distil; for teachers without a network to copy.
+    denoiser_steps: int = 0
     compile: bool = False
     checkpointing: bool = False
 
@@ -84,7 +87,10 @@ class StudentConfig:
 class MethodConfig:
     name: str = "cd"
     solver: str = "heun"  # teacher ODE step that builds the CD target
-    N: int = 18  # number of levels of the Karras grid (CM paper, Alg. 2)
+    N: int = 18  # number of levels of the Karras grid (CM paper, Alg. 2); with continuous pairs: sets the gap
+    # continuous: the pair's position is drawn anywhere along the Karras curve (the student works at every sigma);
+    # grid: the paper's N discrete levels only (sampling then snaps to them). distill/methods/curriculum.py.
+    pairs: str = "continuous"
     rho: float = 7.0
     mu: float = 0.0  # target-network rate; 0 = stop-gradient of the student (CM paper, CIFAR-10 CD)
     index_sampling: str = "auto"  # uniform | lognormal (iCT); auto: the method's (distill/methods/plan.py)
@@ -129,6 +135,9 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 0
+    # Learning rate after warm-up: constant, or decayed to lr * final_lr_ratio at trainer.max_steps.
+    schedule: str = "constant"
+    final_lr_ratio: float = 0.0
 
 
 @dataclass
@@ -183,12 +192,14 @@ CHOICES = {
     "method.solver": ("heun", "euler"),
     "method.name": ("cd", "ct", "ict", "ect"),
     "method.index_sampling": ("auto", "uniform", "lognormal"),
+    "method.pairs": ("continuous", "grid"),
     "method.curriculum": ("auto", "fixed", "ct", "ict", "ect"),
     "method.mu_schedule": ("auto", "fixed", "adaptive", "none"),
     "method.target_dtype": ("float64", "float32"),
     "loss.name": ("l2", "l1", "pseudo_huber", "lpips"),
     "loss.weighting": ("uniform", "snr", "karras", "inverse_delta"),
     "optim.name": ("adam", "radam", "adamw"),
+    "optim.schedule": ("constant", "cosine", "linear"),
     "data.name": ("teacher", "digits", "toy2d", "synthetic", "patches", "folder", "zip", "webdataset"),
     "data.corrupt": ("skip", "strict"),
 }
@@ -315,6 +326,9 @@ def to_config(data: dict) -> DictConfig:
         raise ConfigError(f"data.batch_size must be positive, got {cfg.data.batch_size}")
     if not (0.0 <= cfg.method.mu < 1.0):
         raise ConfigError(f"method.mu must lie in [0, 1), got {cfg.method.mu}")
+    if cfg.student.denoiser_steps < 0 or (cfg.trainer.max_steps > 0 and
+                                           cfg.student.denoiser_steps >= cfg.trainer.max_steps):
+        raise ConfigError(f"student.denoiser_steps ({cfg.student.denoiser_steps}) must lie in [0, trainer.max_steps)")
     if not cfg.student.sigma_min < cfg.student.sigma_max:
         raise ConfigError("student.sigma_min must be below student.sigma_max")
     OmegaConf.set_readonly(cfg, True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distill.sampling import labels_for, per_sample_noise
+from distill.sampling import labels_for, per_sample_noise, snap_to_training_levels
 
 # Luminance weights (ITU-R BT.601, as the CM reference code uses), scaled to sum to one so that a grey
 # pixel (v, v, v) has luminance v exactly.
@@ -184,7 +184,8 @@ def _run(student, y, obs, sigmas, seed, cls, batch_size, **kw) -> torch.Tensor:
     """Alg. 4 over batches; image i draws its noise (and, for a conditional student, its class) from
     seed + i. `obs` is an Observation, None, or a function of the batch's slice giving one."""
     student.eval()
-    sigmas = [float(s) for s in sigmas]
+    # A grid-trained student is evaluated at its levels; a denoising start is the data's own noise level.
+    sigmas = snap_to_training_levels(student, sigmas, keep_first=bool(kw.get("noisy_start")))
     dev = next(student.parameters()).device
     out = []
     for start in range(0, y.shape[0], batch_size):
@@ -285,7 +286,7 @@ def interpolate(student, seed_a: int, seed_b: int, num: int = 8, sigmas=None, cl
 
     if num < 2:
         raise ValueError(f"interpolate needs at least 2 images, got {num}")
-    sigmas = [float(s) for s in (sigmas or edit_sigmas(student, "interpolate", steps))]
+    sigmas = snap_to_training_levels(student, sigmas or edit_sigmas(student, "interpolate", steps))
     student.eval()
     dev = next(student.parameters()).device
     ends = per_sample_noise([seed_a, seed_b], student.image_shape, len(sigmas))  # [(2, C, H, W)] per step

@@ -19,7 +19,8 @@ from distill.math.precond import ConsistencyStudent
 from teachers.feeding import build_feeding
 from teachers.networks import build_network
 
-SCHEMA_VERSION = 1
+# 2: every network constructor argument is recorded (defaults too), `training_sigmas` (method.pairs).
+SCHEMA_VERSION = 2
 
 
 class StudentLoadError(ValueError):
@@ -56,16 +57,50 @@ def student_metadata(cfg, teacher, student: ConsistencyStudent) -> dict[str, Any
                             "2": [student.sigma_max] + list(recipe["student"]["sigmas_2"][1:]),
                             "3": [student.sigma_max] + list(recipe["student"]["sigmas_3"][1:])},
         "reference_stats": None,
+        "training_sigmas": getattr(student, "training_sigmas", None) or {"pairs": "continuous"},
     }
 
 
+def upgrade_metadata(meta: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 students (before method.pairs) were all trained on the Karras grid, and their small networks
+    embedded the noise level at 250x today's default frequency: read them as they were trained."""
+    if int(meta.get("schema_version", 1)) >= 2:
+        return meta
+    meta = dict(meta, network=dict(meta["network"]))
+    if meta["network"].get("name") in ("small_unet", "mlp"):
+        meta["network"].setdefault("embedding_scale", 250.0)
+    if "training_sigmas" not in meta:
+        meta["training_sigmas"] = _grid_of_recipe(meta)
+    return meta
+
+
+def _grid_of_recipe(meta: dict[str, Any]) -> dict:
+    """The training levels a schema-1 recipe implies (its method block, read with pairs: grid)."""
+    from types import SimpleNamespace
+
+    from distill.config import ConfigError, to_config
+    from distill.methods.plan import method_steps, plan
+
+    recipe = dict(meta.get("recipe") or {})
+    recipe["method"] = dict(recipe.get("method") or {}, pairs="grid")
+    try:
+        cfg = to_config(recipe)
+    except (ConfigError, TypeError, ValueError):
+        return {"pairs": "continuous"}  # a recipe today's schema cannot read: sample as asked, unsnapped
+    no_teacher = SimpleNamespace(denoise=None, backbone=None)
+    found = plan(cfg, no_teacher, meta["sigma_min"], meta["sigma_max"])
+    return found.training_sigmas(method_steps(cfg))
+
+
 def rebuild_student(meta: dict[str, Any]) -> ConsistencyStudent:
+    meta = upgrade_metadata(meta)
     net_spec = dict(meta["network"])
     net = build_network(net_spec.pop("name"), **net_spec)
     student = Student(net, build_feeding(meta["feeding"]), sigma_min=meta["sigma_min"],
                       sigma_max=meta["sigma_max"], sigma_data=meta["sigma_data"],
                       image_shape=tuple(meta["image_shape"]), num_classes=meta["num_classes"])
     student.sampling_sigmas = meta.get("sampling_sigmas", {})
+    student.training_sigmas = meta.get("training_sigmas") or {"pairs": "continuous"}
     student.meta = meta
     return student
 

@@ -6,6 +6,8 @@ StackedRandomGenerator does), so images do not depend on batch size, device coun
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -30,6 +32,31 @@ def default_sigmas(student, steps: int) -> list[float]:
     if steps == 1:
         return [student.sigma_max]
     raise ValueError(f"no default sigmas for {steps} steps; pass --sigmas (e.g. {student.sigma_max:g},2,0.5)")
+
+
+def training_levels(student) -> list[float] | None:
+    """The noise levels a student trained with `method.pairs: grid` saw (student.json), else None."""
+    record = getattr(student, "training_sigmas", None) or {}
+    return [float(s) for s in record["levels"]] if record.get("pairs") == "grid" else None
+
+
+def snap_to_training_levels(student, sigmas: Sequence[float], keep_first: bool = False) -> list[float]:
+    """Sigmas moved to the nearest (in log sigma) level of a grid-trained student, and said so: between its
+    levels such a student was never trained and can fail badly (docs/benchmarks.md, "Continuous pairs"); OpenAI's
+    code likewise samples only at training-grid indices. A student trained on continuous pairs is unchanged.
+    `keep_first`: the first sigma is the noise level of given data (denoising), not a choice."""
+    sigmas = [float(s) for s in sigmas]
+    levels = training_levels(student)
+    if not levels:
+        return sigmas
+    logs = [math.log(v) for v in levels]
+    nearest = lambda s: levels[min(range(len(levels)), key=lambda i: abs(logs[i] - math.log(s)))]
+    out = [s if (keep_first and i == 0) else nearest(s) for i, s in enumerate(sigmas)]
+    moved = [f"{s:g} -> {o:g}" for s, o in zip(sigmas, out) if not math.isclose(s, o, rel_tol=1e-9)]
+    if moved:
+        warnings.warn(f"this student was trained on a {len(levels)}-level grid (method.pairs: grid); sampling "
+                      f"at its nearest levels: {', '.join(moved)}", stacklevel=2)
+    return out
 
 
 def labels_for(student, seeds: Sequence[int], cls: int | None = None, device="cpu") -> torch.Tensor | None:
@@ -65,6 +92,7 @@ def sample(student, num: int, sigmas: Sequence[float], seed: int = 0, batch_size
     if not sigmas or max(sigmas) > student.sigma_max * (1 + 1e-6) or min(sigmas) < student.sigma_min:
         raise ValueError(f"sampling sigmas {sigmas} leave the student's range "
                          f"[{student.sigma_min:g}, {student.sigma_max:g}]")
+    sigmas = snap_to_training_levels(student, sigmas)
     if num < 1 or batch_size < 1:
         raise ValueError(f"num and batch_size must be positive, got {num} and {batch_size}")
     student.eval()

@@ -41,12 +41,13 @@ def fresh_export(channels: int = 1, size: int = 8, num_classes: int = 0) -> Path
 
     from distill.export import rebuild_student, write_export
 
-    meta = {"schema_version": 1, "recipe": {}, "teacher": {"spec": {"name": "none"}},
+    meta = {"schema_version": 2, "recipe": {}, "teacher": {"spec": {"name": "none"}},
             "network": {"name": "small_unet", "in_channels": channels, "width": 8, "channel_mult": [1, 2],
                         "num_blocks": 1, "num_classes": num_classes},
             "feeding": {"name": "edm", "sigma_data": 0.5}, "sigma_min": 0.002, "sigma_max": 80.0,
             "sigma_data": 0.5, "image_shape": [channels, size, size], "num_classes": num_classes,
-            "sampling_sigmas": {"1": [80.0], "2": [80.0, 2.0]}, "reference_stats": None}
+            "sampling_sigmas": {"1": [80.0], "2": [80.0, 2.0]}, "reference_stats": None,
+            "training_sigmas": {"pairs": "continuous"}}
     torch.manual_seed(0)
     student = rebuild_student(meta)
     for p in student.parameters():  # the UNet zero-initialises its last convs; make every weight count

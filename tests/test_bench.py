@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT
 
 from distill.bench.common import clock_for
 from distill.bench.step import StepProbe
-from tests.conftest import ROOT
 
 STEP_KEYS = {"step_s", "passes_s", "overhead_ratio", "forward_units"}
 

@@ -3,8 +3,7 @@
 import json
 
 import pytest
-
-from tests.conftest import RECIPES
+from conftest import RECIPES
 
 FAST = ["trainer.max_steps=3", "data.batch_size=8", "student.network.width=8", "checkpoint.every_n_steps=2",
         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
@@ -17,7 +16,7 @@ def test_fit_writes_the_run_directory(run_cli, tmp_path):
                  "samples/final_1step.png"):
         assert (run / name).is_file(), name
     meta = json.loads((run / "student.json").read_text())
-    assert meta["schema_version"] == 1 and meta["weights"] == "ema_0.999"
+    assert meta["schema_version"] == 2 and meta["weights"] == "ema_0.999"
     assert meta["sampling_sigmas"]["1"] == [80.0] and len(meta["sampling_sigmas"]["2"]) == 2
     assert meta["teacher"]["spec"]["name"] == "digits" and meta["recipe"]["run"]["dir"] == "run"
     # Same config again: resumes (nothing to do beyond max_steps) and exits 0.

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from distill.evaluation.metrics.frechet import frechet_distance, gaussian_stats
 from distill.evaluation.metrics.reference import ReferenceStats, exact_samples
 from distill.math.solvers import edm_sampler, reference_solution, teacher_sigmas
-from distill.sampling import consistency_sample, per_sample_noise
+from distill.sampling import consistency_sample, per_sample_noise, snap_to_training_levels
 
 
 def rms(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -49,7 +49,8 @@ def generate(student, teacher, *, steps: Sequence[int], teacher_nfe: Sequence[in
 
     Sample i uses seed + i for its noise, so student and teacher rows start from the same x_T.
     """
-    sigmas_by_step = {k: (sigmas_override or {}).get(k) or sigmas_for_steps(student, k) for k in steps}
+    asked = {k: (sigmas_override or {}).get(k) or sigmas_for_steps(student, k) for k in steps}
+    sigmas_by_step = {k: snap_to_training_levels(student, s) for k, s in asked.items()}
     draws = max(len(s) for s in sigmas_by_step.values()) if steps else 1
     smin, smax = student.sigma_min, student.sigma_max
     out = {"student": {k: [] for k in steps}, "teacher": {n: [] for n in teacher_nfe}, "reference": []}

@@ -9,6 +9,8 @@ set, e.g. by a greedy search over the grid). Here it is found by search on a sma
   again scanned and refined in log sigma, sigma_max > sigma_1 > sigma_2.
 Every candidate is scored on the same noises (common random numbers), so differences between candidates
 are not hidden by sampling noise, and each distinct schedule is evaluated once (memoised).
+A student trained on a grid (`method.pairs: grid`) is only searched at its training levels, as OpenAI's code
+searches integer indices of the training grid: every level for 2 steps, then coordinate descent over levels.
 """
 
 from __future__ import annotations
@@ -77,9 +79,15 @@ def search_sigmas(student, objective, *, lo: float | None = None, hi: float | No
     `current` (student.json's sampling_sigmas) are candidates too: the search never returns a schedule
     that scores worse than the one it replaces on the same noises.
     """
+    from distill.sampling import training_levels
+
     smax = student.sigma_max
     lo = lo if lo is not None else max(5 * student.sigma_min, 0.01)
     hi = hi if hi is not None else 0.999 * smax  # at sigma_max, step 2 would forget step 1 entirely
+    levels = training_levels(student)
+    if levels:
+        out = search_levels(objective, smax, [s for s in levels if lo <= s <= hi], rounds, three_step)
+        return _keep_current(out, objective, current)
     ln_lo, ln_hi = math.log(lo), math.log(hi)
     u2, f2 = scan_then_refine(lambda u: objective([smax, math.exp(u)]), ln_lo, ln_hi, points, iters)
     out = {"2": [smax, math.exp(u2)], "fid": {"1": objective([smax]), "2": f2}}
@@ -99,6 +107,35 @@ def search_sigmas(student, objective, *, lo: float | None = None, hi: float | No
                 u1, f3 = (u, fu) if fu < f3 else (u1, f3)
         out["3"] = [smax, math.exp(u1), math.exp(u_2)]
         out["fid"]["3"] = f3
+    return _keep_current(out, objective, current)
+
+
+def search_levels(objective, smax: float, levels: list[float], rounds: int = 2, three_step: bool = True) -> dict:
+    """The search over a grid-trained student's levels (decreasing): exhaustive for 2 steps, coordinate descent
+    over pairs of levels (sigma_1 > sigma_2) for 3 steps, each move kept only when it improves."""
+    if not levels:
+        raise ValueError("no training level lies inside the search range")
+    f2 = {s: objective([smax, s]) for s in levels}
+    s2 = min(f2, key=f2.get)
+    out = {"2": [smax, s2], "fid": {"1": objective([smax]), "2": f2[s2]}}
+    if three_step and len(levels) > 1:
+        s1 = s2 if s2 != levels[-1] else levels[-2]
+        below = [s for s in levels if s < s1]
+        s_2 = min(below, key=lambda s: objective([smax, s1, s]))
+        f3 = objective([smax, s1, s_2])
+        for _ in range(rounds):
+            for s in (v for v in levels if v > s_2):
+                if objective([smax, s, s_2]) < f3:
+                    s1, f3 = s, objective([smax, s, s_2])
+            for s in (v for v in levels if v < s1):
+                if objective([smax, s1, s]) < f3:
+                    s_2, f3 = s, objective([smax, s1, s])
+        out["3"], out["fid"]["3"] = [smax, s1, s_2], f3
+    return out
+
+
+def _keep_current(out: dict, objective, current: dict | None) -> dict:
+    """Never return a schedule that scores worse than the one it replaces on the same noises."""
     for k, sig in (current or {}).items():
         if k in out and len(sig) == len(out[k]) and objective(list(sig)) < out["fid"][k]:
             out[k], out["fid"][k] = [float(s) for s in sig], objective(list(sig))

@@ -73,13 +73,40 @@ def truncated_lognormal(batch: int, lo: float, hi: float, p_mean: float, p_std: 
 
 
 # -- pair samplers: (sigma_cur, sigma_next) = (t_n, t_{n+1}) for each sample at step k ---------------------
+def karras_at(position: torch.Tensor, n_levels: int, sigma_min: float, sigma_max: float,
+              rho: float = 7.0) -> torch.Tensor:
+    """The Karras curve at a real position in [0, N-1] of an increasing N-level grid (EDM eq. 5, read from
+    sigma_min up): integer positions are exactly `cd_grid(N)`'s levels, others lie between them."""
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (lo + position / (n_levels - 1) * (hi - lo)) ** rho
+
+
+def karras_position(sigma: torch.Tensor, n_levels: int, sigma_min: float, sigma_max: float,
+                    rho: float = 7.0) -> torch.Tensor:
+    """The inverse of `karras_at`: where sigma sits on the N-level curve, a real in [0, N-1]."""
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (sigma ** (1 / rho) - lo) / (hi - lo) * (n_levels - 1)
+
+
 @dataclass
 class GridPairs:
-    """Adjacent (or `skip`-apart) levels of a Karras grid whose size follows a curriculum.
+    """Pairs of noise levels `skip` Karras intervals apart, on a curve whose size N(k) follows a curriculum.
 
-    `levels(k)` is N(k); the grid is rebuilt (and cached) only when N changes. With skip > 1 the pair is
-    (t_n, t_{n+skip}): one solver step across `skip` grid intervals (the skipping-step target of
-    Latent Consistency Models, Luo et al. 2023, sec. 4.3).
+    `continuous=False` (method.pairs: grid) keeps the papers' discrete levels: n is drawn from the N-level
+    grid and the pair is (t_n, t_{n+skip}). `continuous=True` (method.pairs: continuous) draws the lower
+    end's position anywhere along the same curve, so N sets the gap between the two levels (and the size of
+    the ODE step of a CD target) but not the set of levels the student is trained at: a student trained on a
+    grid fails in between its levels (docs/benchmarks.md, "Continuous pairs"), one trained on positions drawn
+    continuously does not. Uniform sampling draws the position uniformly; lognormal (iCT) draws a sigma from
+    the lognormal and puts it inside the pair at a uniform offset, the continuous form of iCT's interval
+    masses (whose discrete form picks the interval holding that sigma). With skip > 1 the pair is one solver
+    step across `skip` intervals (the skipping-step target of Latent Consistency Models, Luo et al. 2023,
+    sec. 4.3).
+
+    A discrete-time teacher (`round_sigma`, e.g. DDPM) is evaluated only at its own timesteps, where it is
+    exact: both levels snap to its table (continuous pairs still cover all of its ~1000 levels). A pair narrower
+    than the table's spacing may snap onto one level; it then trains nothing (the target is the student's own
+    output at the same point) rather than anything wrong.
     """
     levels: callable
     sigma_min: float
@@ -90,16 +117,38 @@ class GridPairs:
     p_std: float = 2.0
     skip: int = 1
     round_sigma: callable = None
+    continuous: bool = False
 
     def grid(self, n_levels: int) -> tuple[torch.Tensor, torch.Tensor]:
         return _grid_and_probs(n_levels, self.sigma_min, self.sigma_max, self.rho, self.index_sampling,
                                self.p_mean, self.p_std, self.skip, self.round_sigma)
 
     def sample(self, k: int, batch: int, generator: torch.Generator | None = None):
-        grid, probs = self.grid(self.levels(k))
-        n = sample_indices(probs.to(generator.device if generator is not None else "cpu"), batch, generator)
-        grid = grid.to(n.device)
-        return grid[n], grid[n + self.skip]
+        n_levels = self.levels(k)
+        if not self.continuous:
+            grid, probs = self.grid(n_levels)
+            n = sample_indices(probs.to(generator.device if generator is not None else "cpu"), batch, generator)
+            grid = grid.to(n.device)
+            return grid[n], grid[n + self.skip]
+        if n_levels - 1 < self.skip:
+            raise ValueError(f"method.skip={self.skip} needs at least {self.skip + 1} levels, but N = {n_levels}")
+        dev = generator.device if generator is not None else None
+        top = n_levels - 1 - self.skip  # the highest lower-end position
+        if self.index_sampling == "uniform":
+            pos = top * torch.rand(batch, generator=generator, dtype=torch.float64, device=dev)
+        else:
+            sigma = truncated_lognormal(batch, self.sigma_min, self.sigma_max, self.p_mean, self.p_std, generator,
+                                        dev)
+            offset = self.skip * torch.rand(batch, generator=generator, dtype=torch.float64, device=dev)
+            pos = karras_position(sigma, n_levels, self.sigma_min, self.sigma_max, self.rho) - offset
+            # Reflected at the ends rather than clamped: a clamp would pile mass on the two end pairs.
+            pos = torch.where(pos < 0, -pos, pos)
+            pos = torch.where(pos > top, 2 * top - pos, pos).clamp(0, top)
+        curve = lambda p: karras_at(p, n_levels, self.sigma_min, self.sigma_max, self.rho)
+        lo, hi = curve(pos), curve(pos + self.skip)
+        if self.round_sigma is not None:
+            lo, hi = self.round_sigma(lo), self.round_sigma(hi)
+        return lo, hi
 
 
 @lru_cache(maxsize=8)

@@ -15,6 +15,10 @@ iCT's loss (pseudo-Huber, lambda = 1/(t_{n+1} - t_n)) and ECT's (pseudo-Huber wi
 norm, over 1/(t - r)) are set in the loss block, as the paper recipes do. ECT starts from the teacher's
 weights (`student.init: auto` copies the teacher's backbone); with a teacher that has no network it
 trains from scratch and says so. CT, iCT and ECT never evaluate the teacher during training.
+
+Pairs: the table lists the papers' discrete levels (`method.pairs: grid`). By default (`continuous`) the pair
+keeps the paper's gap (N levels, the same curriculum) but its position is drawn anywhere along the Karras
+curve, so the student is trained at every sigma it will be sampled at (distill/methods/curriculum.py).
 """
 
 from __future__ import annotations
@@ -74,6 +78,15 @@ class ConsistencyPlan:
     def has_target_network(self) -> bool:
         return self.mu_schedule == "adaptive" or (self.mu_schedule == "fixed" and self.mu_fixed > 0)
 
+    def training_sigmas(self, final_step: int) -> dict:
+        """What the student is trained at, for student.json: {"pairs": "continuous"}, or the grid's levels at
+        the last step (decreasing, as sampling lists sigmas) that sampling snaps to (distill/sampling.py)."""
+        pairs = self.pairs
+        if not isinstance(pairs, C.GridPairs) or pairs.continuous:
+            return {"pairs": "continuous"}
+        grid, _ = pairs.grid(self.levels(max(final_step, 0)))
+        return {"pairs": "grid", "levels": [float(s) for s in grid.flip(0)]}
+
 
 def _pick(value, default):
     return default if value in (None, "auto") else value
@@ -87,6 +100,11 @@ def _levels(curriculum: str, m, total: int):
     s0, s1 = _pick(m.s0, s0_default), _pick(m.s1, s1_default)
     fn = C.ct_N if curriculum == "ct" else C.ict_N
     return lambda k: fn(k, total, s0, s1)
+
+
+def method_steps(cfg) -> int:
+    """K: the method's own steps, those after the denoiser warm start (student.denoiser_steps)."""
+    return cfg.method.total_steps or cfg.trainer.max_steps - cfg.student.denoiser_steps
 
 
 def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
@@ -107,14 +125,15 @@ def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
                          "(mu_schedule none); set method.mu_schedule=fixed to use an EMA target")
     if curriculum == "ect" and m.skip != 1:
         raise ValueError("method.skip applies to grid curricula; ECT draws continuous (t, r) pairs")
-    total = m.total_steps or cfg.trainer.max_steps  # K of the curricula
+    total = method_steps(cfg)  # K of the curricula
     levels = _levels(curriculum, m, total)
     if curriculum == "ect":
         pairs = C.ECTPairs(sigma_min, sigma_max, m.ect_stage_steps or max(total // 8, 1), m.ect_q, m.ect_k,
                            m.ect_b, m.p_mean, m.p_std)
     else:
         pairs = C.GridPairs(levels, sigma_min, sigma_max, m.rho, sampling, m.p_mean, m.p_std, m.skip,
-                            getattr(teacher, "round_sigma", None) if method.target == "teacher" else None)
+                            getattr(teacher, "round_sigma", None) if method.target == "teacher" else None,
+                            continuous=m.pairs == "continuous")
     if method.target == "teacher":
         target = TeacherStep(teacher.denoise, m.solver, m.solver_steps, m.rho, getattr(torch, m.target_dtype))
     else:

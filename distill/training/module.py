@@ -13,6 +13,7 @@ the global batch and sliced by rank, so a resumed run draws the same noise as an
 from __future__ import annotations
 
 import copy
+import functools
 from contextlib import contextmanager, nullcontext
 
 import lightning as L
@@ -21,8 +22,10 @@ from torch import nn
 
 from distill.data.step_batches import mix_seed
 from distill.math.schedules import cd_grid
+from distill.methods.denoiser import denoiser_loss, edm_sigmas
 from distill.methods.losses import build_distance, weighting
-from distill.methods.plan import plan
+from distill.methods.plan import method_steps, plan
+from distill.training.lr_schedule import lr_factor
 from distill.training.student import build_student
 from teachers.base import expand_like
 
@@ -78,6 +81,9 @@ class ConsistencyDistillation(L.LightningModule):
             cd_grid(cfg.method.N, self.student.sigma_min, self.student.sigma_max, cfg.method.rho)
         self.register_buffer("grid", grid.clone(), persistent=False)  # the step-0 grid (benchmarks probe it)
         self._mu = self.plan.mu(0)
+        # Recorded in student.json: sampling snaps to the levels of a student trained on a grid.
+        self.student.training_sigmas = self.plan.training_sigmas(method_steps(cfg))
+        self.denoiser_steps = cfg.student.denoiser_steps
 
     # -- the algorithm ---------------------------------------------------------------------------------
     def step_generator(self, micro: int = 0) -> torch.Generator:
@@ -97,7 +103,9 @@ class ConsistencyDistillation(L.LightningModule):
         cond = labels if self.student.num_classes else None
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         gen = self.step_generator(batch_idx % accumulate)
-        k = self.global_step
+        if self.global_step < self.denoiser_steps:
+            return self.denoiser_step(x0, cond, gen)
+        k = self.global_step - self.denoiser_steps  # the method's step: curricula start after the warm start
         # The pair (t_n, t_{n+1}) per sample from step k's curriculum (CM Alg. 2/3; iCT lognormal; ECT r(t)).
         pair = self.rank_part(lambda b: torch.stack(self.plan.pairs.sample(k, b, gen), 1), x0.shape[0])
         sigma_cur, sigma_next = pair.to(x0.dtype).unbind(1)
@@ -114,12 +122,31 @@ class ConsistencyDistillation(L.LightningModule):
         lam = weighting(self.cfg.loss.weighting, sigma_next, sigma_cur, self.student.sigma_data)
         loss = (lam * self.distance(pred, target)).mean()
         self._mu = self.plan.mu(k)  # theta^-'s rate for this step's update (on_train_batch_end)
+        self._log_loss("train/loss", loss)
+        return loss
+
+    def denoiser_step(self, x0, cond, gen):
+        """Warm start (distill/methods/denoiser.py): EDM's denoiser loss for the student's network F, regressed
+        on the teacher's D(x, sigma). theta^- follows the student exactly meanwhile (mu = 0)."""
+        s = self.student
+        sigma = self.rank_part(lambda b: edm_sigmas(b, s.sigma_min, s.sigma_max, gen, self.device, x0.dtype),
+                               x0.shape[0])
+        z = self.rank_part(lambda b: torch.randn((b, *x0.shape[1:]), generator=gen, device=self.device,
+                                                 dtype=x0.dtype), x0.shape[0])
+        x = x0 + expand_like(sigma, x0) * z
+        with torch.no_grad():
+            target = self.teacher.denoise(x, sigma, cond).to(x0.dtype)
+        loss = denoiser_loss(s.feeding.denoise(s.net, x, sigma, cond), target, sigma, s.sigma_data).mean()
+        self._mu = 0.0
+        self._log_loss("train/denoiser_loss", loss)
+        return loss
+
+    def _log_loss(self, name: str, loss: torch.Tensor) -> None:
         if self._log_due():
             # Lightning reads every prog_bar metric back to the host after every batch (.item(), a device
             # sync), logged this step or not: only when a progress bar is there to show it.
             bar = self._trainer is not None and self.trainer.progress_bar_callback is not None
-            self.log("train/loss", loss, prog_bar=bar)
-        return loss
+            self.log(name, loss, prog_bar=bar)
 
     def _log_due(self) -> bool:
         """Whether Lightning writes logs after this step (every trainer.log_every_n_steps steps).
@@ -157,9 +184,11 @@ class ConsistencyDistillation(L.LightningModule):
         fused = o.name in ("adam", "adamw") and not (t.gradient_clip_val and "16" in str(t.precision))
         opt = cls(self.student.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                   weight_decay=o.weight_decay, **({"fused": True} if fused else {"foreach": True}))
-        if o.warmup_steps <= 0:
+        if o.warmup_steps <= 0 and o.schedule == "constant":
             return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / o.warmup_steps))
+        factor = functools.partial(lr_factor, warmup=o.warmup_steps, total=t.max_steps, schedule=o.schedule,
+                                   final_ratio=o.final_lr_ratio)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_fit_start(self):

@@ -9,26 +9,33 @@ from torch import nn
 
 
 class PositionalEmbedding(nn.Module):
-    """Sinusoidal embedding of the scalar noise input c_noise (Transformer-style, as in DDPM++)."""
+    """Sinusoidal embedding of the scalar noise input c_noise (Transformer-style, as in DDPM++).
 
-    def __init__(self, dim: int, max_positions: int = 10000):
+    Frequencies run from `scale` down to scale / max_positions radians per unit of c_noise = ln(sigma)/4.
+    scale = 1 is EDM's (its DDPM++ embeds ln(sigma)/4 this way): every feature varies slowly in sigma, so a
+    network trained at some sigmas interpolates to the others. A large scale (the first students here used
+    250, after the CM code's 250 ln(sigma) time input) wraps the fast features many times between two training
+    levels: a student trained on an 18-level grid then fails in between (docs/benchmarks.md,
+    "Continuous pairs").
+    """
+
+    def __init__(self, dim: int, max_positions: int = 10000, scale: float = 1.0):
         super().__init__()
         half = dim // 2
         freqs = torch.exp(-math.log(max_positions) * torch.arange(half, dtype=torch.float32) / half)
-        self.register_buffer("freqs", freqs, persistent=False)
+        self.register_buffer("freqs", freqs * scale, persistent=False)
 
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
-        # c_noise = ln(sigma)/4 lies in about [-1.6, 1.1]; scale it so the low frequencies still vary.
-        args = (c_noise.float() * 250.0)[:, None] * self.freqs[None, :]
+        args = c_noise.float()[:, None] * self.freqs[None, :]
         return torch.cat([args.cos(), args.sin()], dim=1)
 
 
 class ConditionEmbedding(nn.Module):
     """Noise embedding plus an optional class embedding, mixed by a small MLP."""
 
-    def __init__(self, dim: int, num_classes: int = 0):
+    def __init__(self, dim: int, num_classes: int = 0, scale: float = 1.0):
         super().__init__()
-        self.noise = PositionalEmbedding(dim)
+        self.noise = PositionalEmbedding(dim, scale=scale)
         self.label = nn.Embedding(num_classes, dim) if num_classes else None
         self.mlp = nn.Sequential(nn.Linear(dim, dim * 2), nn.SiLU(), nn.Linear(dim * 2, dim * 2))
 

@@ -12,9 +12,9 @@ from teachers.networks.embeddings import ConditionEmbedding
 @register_network("mlp")
 class MLP(nn.Module):
     def __init__(self, dim: int = 2, width: int = 128, depth: int = 3, num_classes: int = 0,
-                 dropout: float = 0.0):
+                 dropout: float = 0.0, embedding_scale: float = 1.0):
         super().__init__()
-        self.embed = ConditionEmbedding(width // 2, num_classes)
+        self.embed = ConditionEmbedding(width // 2, num_classes, scale=embedding_scale)
         self.inp = nn.Linear(dim, width)
         self.layers = nn.ModuleList(nn.Linear(width, width) for _ in range(depth))
         self.dropout = nn.Dropout(dropout)

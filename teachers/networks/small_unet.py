@@ -38,13 +38,14 @@ class SmallUNet(nn.Module):
 
     `channel_mult` sets the number of resolutions (each level halves H and W with a strided conv);
     `num_blocks` residual blocks per level; the decoder mirrors the encoder with skip connections.
+    `embedding_scale`: the noise embedding's top frequency (teachers/networks/embeddings.py); 1 is EDM's.
     """
 
     def __init__(self, in_channels: int = 1, width: int = 32, channel_mult: list[int] | tuple = (1, 2),
-                 num_blocks: int = 1, num_classes: int = 0, dropout: float = 0.0):
+                 num_blocks: int = 1, num_classes: int = 0, dropout: float = 0.0, embedding_scale: float = 1.0):
         super().__init__()
         emb_dim = width * 2
-        self.embed = ConditionEmbedding(width, num_classes)
+        self.embed = ConditionEmbedding(width, num_classes, scale=embedding_scale)
         self.conv_in = nn.Conv2d(in_channels, width, 3, padding=1)
         chans = [width * m for m in channel_mult]
         self.down_blocks, self.downsamples = nn.ModuleList(), nn.ModuleList()
