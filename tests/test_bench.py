@@ -68,3 +68,31 @@ def test_bench_gpu_says_it_needs_a_gpu():
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu.py")], capture_output=True,
                           text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+
+
+def test_bench_threads_runs_a_worker_beside_a_busy_process(run_cli, tmp_path):
+    out = tmp_path / "threads.json"
+    run_cli("bench", "threads", "--size", "tiny", "--steps", "2", "--warmup", "1", "--busy", "1", "--threads",
+            "auto", "--json", out, check=True)
+    result = json.loads(out.read_text())
+    entry = result["runs"]["busy1"]["auto"]
+    assert result["steps"] == 2 and entry["threads"] >= 1 and entry["reason"].startswith("auto:")
+    assert positive(entry["steps_per_s"]) and "ratio_to_idle" not in result  # no idle run to compare with
+
+
+def test_bench_threads_ratios(monkeypatch):
+    from distill.bench import threads as bench_threads
+
+    rates = {(0, "auto"): 10.0, (0, "1"): 8.0, (1, "auto"): 7.0, (1, "1"): 6.0}
+    state = {"busy": 0}
+    monkeypatch.setattr(bench_threads, "_spinners", lambda k: state.update(busy=k) or [])
+    monkeypatch.setattr(bench_threads, "_worker", lambda size, steps, warmup, setting: {
+        "threads": 1, "reason": "test", "steps_per_s": rates[(state["busy"], setting)]})
+    result = bench_threads.run_threads("tiny", 5, 1, busy=(0, 1), settings=("auto", "1"), log=lambda m: None)
+    assert result["ratio_to_idle"] == {"busy1": {"auto": 0.7, "1": 0.75}}
+    assert result["ratio_to_best_idle"] == {"busy1": {"auto": 0.7, "1": 0.6}}
+
+
+def test_bench_threads_rejects_bad_settings(run_cli):
+    proc = run_cli("bench", "threads", "--threads", "auto,zero")
+    assert proc.returncode == 2 and "--threads" in proc.stderr
