@@ -34,6 +34,9 @@ def add_parser(sub, name):
     q.add_argument("--batch", type=int, default=64)
     q.add_argument("--repeats", type=int, default=7)
     q.add_argument("--device", default="cpu", help="cpu or cuda")
+    q.add_argument("--no-onnx", dest="onnx", action="store_false",
+                   help="skip the batch-1 CPU latency of the ONNX export against PyTorch (needs onnx, onnxscript, "
+                        "onnxruntime)")
     _common(q)
     q.set_defaults(_bench="sample")
     q = bench.add_parser("threads", help="demo training throughput idle and beside busy processes, per thread "
@@ -75,8 +78,15 @@ def _run_performance(args, mod):
     if args._bench == "sample":
         if args.batch < 1 or args.repeats < 1:
             raise BadInput("--batch and --repeats must be positive")
+        if args.onnx:
+            from distill.export_onnx import OnnxUnavailable, require_onnx
+
+            try:
+                require_onnx()
+            except OnnxUnavailable as err:
+                raise BadInput(f"{err}; or pass --no-onnx") from None
         return mod.run_sample(args.size, batch=args.batch, repeats=args.repeats, threads=args.threads,
-                              clock=args.clock, device=args.device)
+                              clock=args.clock, device=args.device, onnx=args.onnx)
     from distill.bench.common import SIZES
 
     sizes = [x.strip() for x in args.size.split(",") if x.strip()]
