@@ -3,11 +3,14 @@
 Lightning's own bars count batches of the current epoch ("Epoch 1/-2 30/10" after a resume of our
 step-indexed data) and redraw with carriage returns that fill a redirected log. This one counts optimizer
 steps against trainer.max_steps, starts at the resumed step, and when its stream is not a terminal prints a
-line every `every_s` seconds (and at the first and last step) instead of redrawing.
+line every `every_s` seconds (and at the first and last step) instead of redrawing. While the bar is up,
+log records (Lightning's, the FID lines) are written above it instead of through it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import time
 
@@ -31,6 +34,7 @@ class StepProgress(ProgressBar):
         self.terminal = terminal
         self._enabled = True
         self._bar = None
+        self._redirect = contextlib.ExitStack()
         self._start = (0, 0.0)  # (step, time) when this fit began
         self._last_line = 0.0
 
@@ -80,9 +84,12 @@ class StepProgress(ProgressBar):
         self._start = (trainer.global_step, time.perf_counter())
         if self._is_terminal():
             from tqdm import tqdm
+            from tqdm.contrib.logging import logging_redirect_tqdm
 
             self._bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, desc="step", unit="step",
                              file=self._out, dynamic_ncols=True, smoothing=0.1)
+            self._redirect.enter_context(logging_redirect_tqdm([logging.getLogger("lightning.pytorch"),
+                                                                logging.getLogger()]))
         else:
             self._last_line = time.perf_counter()
             print(self._line(trainer), file=self._out, flush=True)
@@ -100,7 +107,14 @@ class StepProgress(ProgressBar):
             self._last_line = time.perf_counter()
             print(self._line(trainer), file=self._out, flush=True)
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def _close(self) -> None:
+        self._redirect.close()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._close()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._close()
