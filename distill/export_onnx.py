@@ -99,7 +99,12 @@ def export_onnx(student, out: str | Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".onnx-", dir=out.parent) as tmp:
         staged = Path(tmp) / out.name  # the same name: an external-data file is referenced by it
-        _export_graph(generator, student, staged)
+        try:
+            _export_graph(generator, student, staged)
+        except Exception as err:  # noqa: BLE001 - torch.export/onnxscript raise many types; say which network
+            name = getattr(student.net, "build_spec", {}).get("name", type(student.net).__name__)
+            raise RuntimeError(f"torch could not export this student's network ({name}) to ONNX: "
+                               f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
         diff = max_difference(session(staged), generator, student)
         if not diff <= TOLERANCE:
             raise RuntimeError(f"the exported graph differs from PyTorch by {diff:.3g} (> {TOLERANCE:g}); "

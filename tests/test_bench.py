@@ -74,6 +74,7 @@ def test_bench_gpu_says_it_needs_a_gpu():
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
 
 
+@pytest.mark.slow  # a spin loop takes a core for the worker's lifetime: not on every `make test` of a shared CPU
 def test_bench_threads_runs_a_worker_beside_a_busy_process(run_cli, tmp_path):
     out = tmp_path / "threads.json"
     run_cli("bench", "threads", "--size", "tiny", "--steps", "2", "--warmup", "1", "--busy", "1", "--threads",
