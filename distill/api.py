@@ -5,6 +5,7 @@ It is the ConsistencyStudent itself (same weights, same forward), with the free 
 
     student = distill.load_student("runs/demo")
     x = student.sample(16, steps=2, seed=0)
+    given = student.from_noise(torch.randn(16, *student.image_shape))  # 1 step at sigma_max
     filled = student.inpaint(x, mask)
 
 Everything comes from student.safetensors + student.json; the teacher is never loaded.
@@ -17,18 +18,24 @@ import torch
 from distill import editing
 from distill.math.precond import ConsistencyStudent
 from distill.sampling import default_sigmas
+from distill.sampling import from_noise as _from_noise
 from distill.sampling import sample as _sample
 
 
 class Student(ConsistencyStudent):
     """A ConsistencyStudent with sampling (CM Alg. 1) and zero-shot editing (CM Alg. 4) methods."""
 
-    def sample(self, num: int, steps: int = 1, seed: int = 0, sigmas=None, cls: int | None = None,
+    def sample(self, num: int, steps: int = 1, seed: int = 0, sigmas=None, cls=None,
                batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-        """`num` images (num, *image_shape) in [-1, 1]-ish units; image i uses seed + i. `sigmas` overrides
-        the default schedule for `steps` recorded in student.json."""
+        """`num` images (num, *image_shape) in [-1, 1] on the CPU; image i uses seed + i. `sigmas` overrides
+        the default schedule for `steps` recorded in student.json. `cls` (conditional students): one class
+        for all (an int), one per image (a list or tensor of `num` ints), or None (from each image's seed);
+        labels out of range raise ValueError."""
         sigmas = sigmas if sigmas is not None else default_sigmas(self, steps)
         return _sample(self, num, sigmas, seed=seed, batch_size=batch_size, cls=cls, progress=progress)
+
+    def from_noise(self, noise, sigmas=None, cond=None) -> torch.Tensor:
+        return _from_noise(self, noise, sigmas, cond)
 
     def inpaint(self, image, mask, **kw) -> torch.Tensor:
         return editing.inpaint(self, image, mask, **kw)
@@ -54,3 +61,4 @@ class Student(ConsistencyStudent):
     stroke.__doc__ = editing.stroke.__doc__
     denoise.__doc__ = editing.denoise.__doc__
     interpolate.__doc__ = editing.interpolate.__doc__
+    from_noise.__doc__ = _from_noise.__doc__

@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": "distill.commands.bench",
     "shards": "distill.commands.shards",
     "train-teacher": "distill.commands.train_teacher",
+    "export": "distill.commands.export",
 }
 
 
@@ -50,10 +51,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_threads() -> None:
+    """Intra-op threads from the CPUs actually free (distill/threads.py); DISTILL_NUM_THREADS overrides."""
+    from distill import threads
+
+    try:
+        threads.apply(log=lambda message: print(f"distill: {message}", file=sys.stderr, flush=True))
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from distill.quiet import quiet_third_party
+
+    quiet_third_party()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        set_threads()
         return int(args._run(args) or 0)
     except bad_input_types() as err:
         print(f"distill {args.command}: error: {err}", file=sys.stderr)

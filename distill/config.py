@@ -165,6 +165,14 @@ class CheckpointConfig:
 
 
 @dataclass
+class LogConfig:
+    # metrics.csv is always written (distill/training/loggers.py); tensorboard and wandb (offline) add to it,
+    # both under run.dir. training.png (loss and FID against step) is drawn from metrics.csv.
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
+    wandb_project: str = "distill"
+
+
+@dataclass
 class Recipe:
     run: RunConfig = field(default_factory=RunConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -177,6 +185,7 @@ class Recipe:
     ema: EmaConfig = field(default_factory=EmaConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 # Blocks typed as free-form dicts (their keys depend on the teacher family or network chosen).
@@ -184,7 +193,7 @@ FREE_FORM_BLOCKS = (("teacher", None), ("student", "network"))
 
 # Keys that may differ when `distill fit` resumes an existing run directory (DESIGN.md).
 RESUMABLE_KEYS = ("trainer.max_steps", "trainer.log_every_n_steps", "trainer.enable_progress_bar",
-                  "eval.", "checkpoint.every_n_steps")
+                  "eval.", "checkpoint.every_n_steps", "log.")
 
 # Choices checked after the schema (the schema checks names and types).
 CHOICES = {
@@ -203,6 +212,8 @@ CHOICES = {
     "data.name": ("teacher", "digits", "toy2d", "synthetic", "patches", "folder", "zip", "webdataset"),
     "data.corrupt": ("skip", "strict"),
 }
+# Lists whose every item must be one of the choices.
+LIST_CHOICES = {"log.loggers": ("csv", "tensorboard", "wandb")}
 
 
 def register_choices(key: str, *values: str) -> None:
@@ -320,6 +331,10 @@ def to_config(data: dict) -> DictConfig:
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of {', '.join(choices)}")
+    for key, choices in LIST_CHOICES.items():
+        bad = [v for v in OmegaConf.select(cfg, key) if v not in choices]
+        if bad:
+            raise ConfigError(f"{key}: {', '.join(map(repr, bad))} not valid; choose among {', '.join(choices)}")
     if cfg.method.N < 2:
         raise ConfigError(f"method.N must be at least 2, got {cfg.method.N}")
     if cfg.data.batch_size < 1:

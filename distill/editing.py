@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distill.sampling import labels_for, per_sample_noise, snap_to_training_levels
+from distill.sampling import labels_for, per_sample_noise, snap_to_training_levels, to_image_range
 
 # Luminance weights (ITU-R BT.601, as the CM reference code uses), scaled to sum to one so that a grey
 # pixel (v, v, v) has luminance v exactly.
@@ -294,4 +294,4 @@ def interpolate(student, seed_a: int, seed_b: int, num: int = 8, sigmas=None, cl
     noise = [torch.cat([z[:1] if t == 0 else z[1:] if t == 1 else slerp(z[:1], z[1:], t) for t in ts])
              for z in ends]
     cond = labels_for(student, [seed_a] * num, cls, dev)
-    return consistency_sample(student, noise, sigmas, cond).float().cpu()
+    return to_image_range(student, consistency_sample(student, noise, sigmas, cond)).float().cpu()

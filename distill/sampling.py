@@ -59,18 +59,46 @@ def snap_to_training_levels(student, sigmas: Sequence[float], keep_first: bool =
     return out
 
 
-def labels_for(student, seeds: Sequence[int], cls: int | None = None, device="cpu") -> torch.Tensor | None:
-    """Class labels for a conditional student: `cls` for all, or one per sample drawn from its own seed
-    (so classes too are independent of batch size); None for an unconditional student."""
+def check_labels(student, cls, num: int) -> torch.Tensor | None:
+    """`cls` as `num` int64 labels, checked against the student's classes: an int (every sample), or a list
+    or tensor of one label per sample. None stays None (labels then come from each sample's seed)."""
+    if cls is None:
+        return None
+    if not student.num_classes:
+        raise ValueError("class labels given, but this student is unconditional")
+    labels = torch.as_tensor(cls)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"class labels must be integers, got dtype {labels.dtype}")
+    labels = labels.to(torch.int64).cpu()
+    if labels.ndim == 0:
+        labels = labels.expand(num)
+    if labels.shape != (num,):
+        raise ValueError(f"give one class label per sample: {num} labels, got shape {tuple(labels.shape)}")
+    bad = labels[(labels < 0) | (labels >= student.num_classes)]
+    if len(bad):
+        raise ValueError(f"class label {int(bad[0])} is out of range: this student has {student.num_classes} "
+                         f"classes (0..{student.num_classes - 1})")
+    return labels
+
+
+def labels_for(student, seeds: Sequence[int], cls=None, device="cpu") -> torch.Tensor | None:
+    """Class labels for a conditional student: `cls` (an int for all, or one label per seed), or one per
+    sample drawn from its own seed (so classes too are independent of batch size); None for an
+    unconditional student."""
     if not student.num_classes:
         return None
     if cls is None:
         labels = [int(torch.randint(0, student.num_classes, (1,),
                                     generator=torch.Generator().manual_seed(s + 2**31)))
                   for s in seeds]
-    else:
-        labels = [int(cls)] * len(seeds)
-    return torch.tensor(labels, device=device)
+        return torch.tensor(labels, device=device)
+    return check_labels(student, cls, len(seeds)).to(device)
+
+
+def to_image_range(student, x: torch.Tensor) -> torch.Tensor:
+    """Images are clamped to [-1, 1], the range pixels map to (DESIGN.md); a one-step student overshoots it
+    by a little (the digits demo's: -2.7..2.8). Vector students (toy2d) have no such range."""
+    return x.clamp(-1, 1) if len(student.image_shape) == 3 else x
 
 
 @torch.no_grad()
@@ -86,8 +114,9 @@ def consistency_sample(student, noise: list[torch.Tensor], sigmas: Sequence[floa
 
 @torch.no_grad()
 def sample(student, num: int, sigmas: Sequence[float], seed: int = 0, batch_size: int = 256,
-           cls: int | None = None, progress: bool = False) -> torch.Tensor:
-    """`num` samples (num, *image_shape) on CPU; sample i uses seed + i."""
+           cls=None, progress: bool = False) -> torch.Tensor:
+    """`num` samples (num, *image_shape) on CPU, images in [-1, 1]; sample i uses seed + i. `cls`: an int
+    for every sample, a list or tensor of `num` labels, or None (each sample's class from its seed)."""
     sigmas = [float(s) for s in sigmas]
     if not sigmas or max(sigmas) > student.sigma_max * (1 + 1e-6) or min(sigmas) < student.sigma_min:
         raise ValueError(f"sampling sigmas {sigmas} leave the student's range "
@@ -95,6 +124,7 @@ def sample(student, num: int, sigmas: Sequence[float], seed: int = 0, batch_size
     sigmas = snap_to_training_levels(student, sigmas)
     if num < 1 or batch_size < 1:
         raise ValueError(f"num and batch_size must be positive, got {num} and {batch_size}")
+    labels = check_labels(student, cls, num)
     student.eval()
     dev = next(student.parameters()).device
     out = []
@@ -102,7 +132,37 @@ def sample(student, num: int, sigmas: Sequence[float], seed: int = 0, batch_size
         for start in range(0, num, batch_size):
             seeds = range(seed + start, seed + min(start + batch_size, num))
             noise = per_sample_noise(seeds, student.image_shape, len(sigmas))
-            cond = labels_for(student, seeds, cls, dev)
-            out.append(consistency_sample(student, noise, sigmas, cond).float().cpu())
+            cond = labels_for(student, seeds, None if labels is None else labels[start:start + len(seeds)], dev)
+            out.append(to_image_range(student, consistency_sample(student, noise, sigmas, cond)).float().cpu())
             bar.update(len(seeds))
     return torch.cat(out)
+
+
+@torch.no_grad()
+def from_noise(student, noise, sigmas: Sequence[float] | None = None, cond=None) -> torch.Tensor:
+    """Images from given unit-Gaussian noise, deterministically (CM Alg. 1): x = f(sigma_0 z_0, sigma_0), then
+    x = f(x + sqrt(s^2 - s_min^2) z_k, s) for each later s. One step at sigma_max by default.
+
+    noise: (B, *image_shape) for one step, or one such tensor per sigma (a list, or a (len(sigmas), B, ...)
+    tensor). cond: class labels for a conditional student (an int, or B ints). The result is on the
+    student's device, images clamped to [-1, 1].
+    """
+    sigmas = [float(s) for s in (sigmas if sigmas is not None else [student.sigma_max])]
+    if not sigmas or max(sigmas) > student.sigma_max * (1 + 1e-6) or min(sigmas) < student.sigma_min:
+        raise ValueError(f"sigmas {sigmas} leave the student's range [{student.sigma_min:g}, {student.sigma_max:g}]")
+    sigmas = snap_to_training_levels(student, sigmas)
+    shape = tuple(student.image_shape)
+    if torch.is_tensor(noise) and tuple(noise.shape[1:]) == shape:
+        noise = [noise]
+    noise = [torch.as_tensor(z, dtype=torch.float32) for z in noise]
+    if len(noise) != len(sigmas) or any(tuple(z.shape[1:]) != shape or len(z) != len(noise[0]) for z in noise):
+        raise ValueError(f"noise: give one (B, {', '.join(map(str, shape))}) tensor per sigma ({len(sigmas)}), "
+                         f"got {[tuple(z.shape) for z in noise]}")
+    if student.num_classes and cond is None:
+        raise ValueError(f"this student is class-conditional ({student.num_classes} classes): pass cond, "
+                         "one int64 label per image")
+    dev = next(student.parameters()).device
+    labels = check_labels(student, cond, len(noise[0]))
+    student.eval()
+    x = consistency_sample(student, noise, sigmas, None if labels is None else labels.to(dev))
+    return to_image_range(student, x)

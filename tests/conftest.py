@@ -16,6 +16,9 @@ RECIPES = ROOT / "recipes"
 # The test networks are tiny: a second intra-op thread buys nothing, and where the CPU is shared OpenMP's
 # spinning threads made them ~10x slower. Subprocesses started by `run_cli` get one thread too.
 torch.set_num_threads(1)
+# The CLI picks its threads from the free CPUs (distill/threads.py); in tests (also in-process `main()` calls
+# and the subprocesses, which inherit it) one thread, decided without sampling the machine's load.
+os.environ["DISTILL_NUM_THREADS"] = "1"
 
 # The same tiny digits run serves the evaluation tests (trained once per session, see `tiny_run`).
 TINY_RUN = ["trainer.max_steps=4", "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1",

@@ -3,6 +3,7 @@ benchmarks (docs/benchmarks.md), never in timed tests."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -10,10 +11,10 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
 
 from distill.bench.common import clock_for
 from distill.bench.step import StepProbe
+from tests.conftest import ROOT
 
 STEP_KEYS = {"step_s", "passes_s", "overhead_ratio", "forward_units"}
 
@@ -40,7 +41,10 @@ def test_bench_sample_json_shape(run_cli, tmp_path):
     out = tmp_path / "sample.json"
     run_cli("bench", "sample", "--size", "tiny", "--batch", "4", "--repeats", "1", "--json", out, check=True)
     result = json.loads(out.read_text())
-    assert set(result) == {"student_s", "teacher_s", "speedup"}
+    assert set(result) >= {"student_s", "teacher_s", "speedup"}
+    if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnxscript"):  # the onnx extra
+        assert set(result) == {"student_s", "teacher_s", "speedup", "torch_batch1_s", "onnx_batch1_s", "onnx_speedup"}
+        assert math.isclose(result["onnx_speedup"], result["torch_batch1_s"] / result["onnx_batch1_s"])
     assert all(positive(v) for v in result.values())
     assert math.isclose(result["speedup"], result["teacher_s"] / result["student_s"])
 
@@ -68,3 +72,32 @@ def test_bench_gpu_says_it_needs_a_gpu():
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu.py")], capture_output=True,
                           text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and "no CUDA device" in proc.stderr
+
+
+@pytest.mark.slow  # a spin loop takes a core for the worker's lifetime: not on every `make test` of a shared CPU
+def test_bench_threads_runs_a_worker_beside_a_busy_process(run_cli, tmp_path):
+    out = tmp_path / "threads.json"
+    run_cli("bench", "threads", "--size", "tiny", "--steps", "2", "--warmup", "1", "--busy", "1", "--threads",
+            "auto", "--json", out, check=True)
+    result = json.loads(out.read_text())
+    entry = result["runs"]["busy1"]["auto"]
+    assert result["steps"] == 2 and entry["threads"] >= 1 and entry["reason"].startswith("auto:")
+    assert positive(entry["steps_per_s"]) and "ratio_to_idle" not in result  # no idle run to compare with
+
+
+def test_bench_threads_ratios(monkeypatch):
+    from distill.bench import threads as bench_threads
+
+    rates = {(0, "auto"): 10.0, (0, "1"): 8.0, (1, "auto"): 7.0, (1, "1"): 6.0}
+    state = {"busy": 0}
+    monkeypatch.setattr(bench_threads, "_spinners", lambda k: state.update(busy=k) or [])
+    monkeypatch.setattr(bench_threads, "_worker", lambda size, steps, warmup, setting: {
+        "threads": 1, "reason": "test", "steps_per_s": rates[(state["busy"], setting)]})
+    result = bench_threads.run_threads("tiny", 5, 1, busy=(0, 1), settings=("auto", "1"), log=lambda m: None)
+    assert result["ratio_to_idle"] == {"busy1": {"auto": 0.7, "1": 0.75}}
+    assert result["ratio_to_best_idle"] == {"busy1": {"auto": 0.7, "1": 0.6}}
+
+
+def test_bench_threads_rejects_bad_settings(run_cli):
+    proc = run_cli("bench", "threads", "--threads", "auto,zero")
+    assert proc.returncode == 2 and "--threads" in proc.stderr

@@ -1,7 +1,6 @@
 """A short CD run on toy2d lowers the student's 1-step trajectory error at least 5x."""
 
 import torch
-from conftest import RECIPES
 
 import teachers
 from distill.config import resolve
@@ -11,6 +10,7 @@ from distill.math.solvers import reference_solution
 from distill.sampling import consistency_sample, per_sample_noise
 from distill.training.fit import fit
 from distill.training.student import build_student
+from tests.conftest import RECIPES
 
 
 def one_step_traj_rmse(student, teacher, num=512, seed=123):

@@ -3,7 +3,8 @@
 import json
 
 import pytest
-from conftest import RECIPES
+
+from tests.conftest import RECIPES
 
 FAST = ["trainer.max_steps=3", "data.batch_size=8", "student.network.width=8", "checkpoint.every_n_steps=2",
         "trainer.enable_progress_bar=false", "trainer.log_every_n_steps=1"]
@@ -20,7 +21,8 @@ def test_fit_writes_the_run_directory(run_cli, tmp_path):
     assert meta["sampling_sigmas"]["1"] == [80.0] and len(meta["sampling_sigmas"]["2"]) == 2
     assert meta["teacher"]["spec"]["name"] == "digits" and meta["recipe"]["run"]["dir"] == "run"
     # Same config again: resumes (nothing to do beyond max_steps) and exits 0.
-    run_cli("fit", RECIPES / "demo.yaml", "run.dir=run", *FAST, check=True)
+    again = run_cli("fit", RECIPES / "demo.yaml", "run.dir=run", *FAST, check=True)
+    assert "already finished at step 3; raise trainer.max_steps" in again.stderr
     # A different config on the same directory: exit 2 naming the key; nothing changed.
     before = (run / "config.yaml").read_text()
     proc = run_cli("fit", RECIPES / "demo.yaml", "run.dir=run", *FAST, "optim.lr=0.1")

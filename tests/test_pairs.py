@@ -8,7 +8,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import RECIPES
 
 import teachers
 from distill.config import resolve
@@ -17,6 +16,7 @@ from distill.math.schedules import cd_grid
 from distill.methods import curriculum as C
 from distill.methods.plan import plan
 from distill.sampling import sample, snap_to_training_levels, training_levels
+from tests.conftest import RECIPES
 
 SMIN, SMAX = 0.002, 80.0
 

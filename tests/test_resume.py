@@ -223,12 +223,17 @@ def test_csv_logger_appends_and_drops_replayed_rows(tmp_path):
     from distill.training.csv_logger import AppendingCSVLogger
 
     path = tmp_path / "metrics.csv"
-    path.write_text("step,train/loss\n" + "".join(f"{s},{s / 10}\n" for s in range(0, 30, 5)))
+    # Training-loop rows (Lightning adds `epoch`) carry the batch index; the FID callback's rows carry the
+    # number of steps done, so its row at the checkpoint's step 20 belongs to the checkpoint.
+    path.write_text("step,epoch,train/loss,fid_1step\n" + "".join(f"{s},0,{s / 10},\n" for s in range(0, 30, 5))
+                    + "20,,,6.0\n25,,,6.5\n")
     logger = AppendingCSVLogger(tmp_path, resume_step=20)  # killed at 25, last checkpoint at 20
-    logger.log_metrics({"train/loss": 2.0}, step=20)
-    logger.log_metrics({"train/loss": 2.5, "fid_1step": 7.0}, step=25)
+    logger.log_metrics({"train/loss": 2.0, "epoch": 0}, step=20)
+    logger.log_metrics({"train/loss": 2.5, "epoch": 0}, step=25)
+    logger.log_metrics({"fid_1step": 7.0}, step=25)
     logger.save()
     with open(path) as f:
         rows = list(csv.DictReader(f))
-    assert [int(r["step"]) for r in rows] == [0, 5, 10, 15, 20, 25]
-    assert rows[-1]["fid_1step"] == "7.0" and rows[0]["fid_1step"] == "" and rows[4]["train/loss"] == "2.0"
+    assert [(int(r["step"]), bool(r["fid_1step"])) for r in rows] == [
+        (0, False), (5, False), (10, False), (15, False), (20, True), (20, False), (25, False), (25, True)]
+    assert rows[4]["fid_1step"] == "6.0" and rows[5]["train/loss"] == "2.0" and rows[-1]["fid_1step"] == "7.0"

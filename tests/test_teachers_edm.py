@@ -202,7 +202,7 @@ def test_refusals_are_bad_input_for_the_cli():
 
 @pytest.mark.slow  # a CLI subprocess (~6 s of CPU, much more on a loaded machine)
 def test_distill_fit_exits_2_on_a_refused_file_and_writes_nothing(tmp_path, run_cli):
-    from conftest import RECIPES
+    from tests.conftest import RECIPES
 
     marker = tmp_path / "pwned"
     (tmp_path / "evil.pkl").write_bytes(hostile_system_pickle(f"touch {marker}"))

@@ -4,6 +4,10 @@ DESIGN.md, "Measuring": the 1-step student and the 35-NFE EDM Heun sampler of a 
 network, same batch (64), same process; the ideal speedup is 35 (the number of network evaluations).
 Both run through the code users run (`distill.sampling.consistency_sample`, `distill.math.solvers.edm_sampler`)
 on the same noise, timed alternately so that a change in the machine's speed hits both.
+
+Deployment latency (CPU): the 1-step generator at batch 1 in PyTorch (`OneStepGenerator`, what
+`distill export --onnx` exports) against the exported graph in onnxruntime with as many intra-op threads,
+timed alternately: `torch_batch1_s` and `onnx_batch1_s`, medians over repeats of CALLS calls each.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import torch
 from distill.bench.common import NetworkTeacher, clock_for, median, say, size_spec, timed
 
 TEACHER_NFE = 35
+CALLS = 20  # batch-1 calls per timed repeat: one call of the demo student is well under a millisecond
 
 
 def build_pair(spec: dict):
@@ -27,9 +32,45 @@ def build_pair(spec: dict):
     return teacher, build_student(cfg, teacher).eval().requires_grad_(False)
 
 
+def batch1_latency(student, repeats: int, now, log=say) -> dict:
+    """{"torch_batch1_s", "onnx_batch1_s", "onnx_speedup"}: one image from noise, PyTorch vs onnxruntime (CPU)."""
+    import tempfile
+    from pathlib import Path
+
+    from distill.export_onnx import OneStepGenerator, example_inputs, export_onnx, run_session, session
+
+    student = student.to("cpu")
+    generator = OneStepGenerator(student).eval()
+    feeds = example_inputs(student, 1)
+    with tempfile.TemporaryDirectory(prefix="distill-bench-onnx-") as tmp:
+        export_onnx(student, Path(tmp) / "student.onnx")
+        sess = session(Path(tmp) / "student.onnx", threads=torch.get_num_threads())
+
+        def run_torch():
+            with torch.no_grad():
+                for _ in range(CALLS):
+                    generator(*feeds.values())
+
+        def run_onnx():
+            for _ in range(CALLS):
+                run_session(sess, feeds)
+
+        run_torch(), run_onnx()  # warm-up
+        cpu = torch.device("cpu")
+        times = {"torch": [], "onnx": []}
+        for _ in range(repeats):
+            times["torch"].append(timed(run_torch, cpu, now) / CALLS)
+            times["onnx"].append(timed(run_onnx, cpu, now) / CALLS)
+    torch_s, onnx_s = median(times["torch"]), median(times["onnx"])
+    log(f"batch 1 on the CPU: PyTorch {torch_s * 1e3:.3f} ms, onnxruntime {onnx_s * 1e3:.3f} ms "
+        f"(x{torch_s / onnx_s:.2f})")
+    return {"torch_batch1_s": torch_s, "onnx_batch1_s": onnx_s, "onnx_speedup": torch_s / onnx_s}
+
+
 def run_sample(size: str = "demo", batch: int = 64, repeats: int = 5, threads: int | None = 1,
-               clock: str = "auto", device: str = "cpu", log=say) -> dict:
-    """{"student_s", "teacher_s", "speedup"}: medians over `repeats` alternating runs."""
+               clock: str = "auto", device: str = "cpu", onnx: bool = True, log=say) -> dict:
+    """{"student_s", "teacher_s", "speedup"}: medians over `repeats` alternating runs; with `onnx`, also
+    the batch-1 CPU latencies of `batch1_latency`."""
     from distill.math.solvers import edm_sampler, teacher_sigmas
     from distill.sampling import consistency_sample
 
@@ -58,10 +99,12 @@ def run_sample(size: str = "demo", batch: int = 64, repeats: int = 5, threads: i
         for _ in range(repeats):
             times["student"].append(timed(run_student, dev, now))
             times["teacher"].append(timed(run_teacher, dev, now))
+        student_s, teacher_s = median(times["student"]), median(times["teacher"])
+        result = {"student_s": student_s, "teacher_s": teacher_s, "speedup": teacher_s / student_s}
+        log(f"[{size}] batch {batch}: 1-step student {student_s * 1e3:.2f} ms, {TEACHER_NFE}-NFE Heun teacher "
+            f"{teacher_s * 1e3:.2f} ms, speedup x{result['speedup']:.2f} (ideal {TEACHER_NFE})")
+        if onnx:
+            result.update(batch1_latency(student, repeats, clock_for(torch.device("cpu"), clock), log))
     finally:
         torch.set_num_threads(previous_threads)
-    student_s, teacher_s = median(times["student"]), median(times["teacher"])
-    result = {"student_s": student_s, "teacher_s": teacher_s, "speedup": teacher_s / student_s}
-    log(f"[{size}] batch {batch}: 1-step student {student_s * 1e3:.2f} ms, {TEACHER_NFE}-NFE Heun teacher "
-        f"{teacher_s * 1e3:.2f} ms, speedup x{result['speedup']:.2f} (ideal {TEACHER_NFE})")
     return result

@@ -1,8 +1,9 @@
-"""distill bench step|sample|quality [--json FILE]
+"""distill bench step|sample|quality|threads [--json FILE]
 
 step and sample time the training step and sampling (distill.bench.step, distill.bench.sample); quality
 trains each consistency method on the digits benchmark for one budget and reports report.json per method
-(distill.bench.quality). Benchmarks are measurements, not tests: see docs/benchmarks.md.
+(distill.bench.quality); threads measures demo training throughput beside busy processes per thread setting
+(distill.bench.threads). Benchmarks are measurements, not tests: see docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -33,8 +34,23 @@ def add_parser(sub, name):
     q.add_argument("--batch", type=int, default=64)
     q.add_argument("--repeats", type=int, default=7)
     q.add_argument("--device", default="cpu", help="cpu or cuda")
+    q.add_argument("--no-onnx", dest="onnx", action="store_false",
+                   help="skip the batch-1 CPU latency of the ONNX export against PyTorch (needs onnx, onnxscript, "
+                        "onnxruntime)")
     _common(q)
     q.set_defaults(_bench="sample")
+    q = bench.add_parser("threads", help="demo training throughput idle and beside busy processes, per thread "
+                         "setting", description="Each measurement is a fresh process that picks its threads as "
+                         "`distill fit` does (DISTILL_NUM_THREADS=auto: distill/threads.py's policy; a number: "
+                         "fixed); busy processes are single-threaded spin loops. Wall-clock steps/s.")
+    q.add_argument("--size", default="demo", choices=("demo", "tiny"))
+    q.add_argument("--steps", type=int, default=150, help="timed training steps per measurement")
+    q.add_argument("--warmup", type=int, default=10, help="untimed first steps")
+    q.add_argument("--busy", default="0,1", help="comma-separated numbers of busy processes (0: idle)")
+    q.add_argument("--threads", default="auto,1,2", help="comma-separated settings: auto or a number")
+    q.add_argument("--repeats", type=int, default=1, help="measurements per setting (median)")
+    q.add_argument("--json", default=None)
+    q.set_defaults(_bench="threads")
     q = bench.add_parser("quality", help="cd, ct, ict, ect on the digits benchmark, same budget each")
     q.add_argument("--method", default="cd,ct,ict,ect", help="comma-separated: cd, ct, ict, ect")
     q.add_argument("--steps", type=int, default=1500, help="optimizer steps per method")
@@ -62,8 +78,15 @@ def _run_performance(args, mod):
     if args._bench == "sample":
         if args.batch < 1 or args.repeats < 1:
             raise BadInput("--batch and --repeats must be positive")
+        if args.onnx:
+            from distill.export_onnx import OnnxUnavailable, require_onnx
+
+            try:
+                require_onnx()
+            except OnnxUnavailable as err:
+                raise BadInput(f"{err}; or pass --no-onnx") from None
         return mod.run_sample(args.size, batch=args.batch, repeats=args.repeats, threads=args.threads,
-                              clock=args.clock, device=args.device)
+                              clock=args.clock, device=args.device, onnx=args.onnx)
     from distill.bench.common import SIZES
 
     sizes = [x.strip() for x in args.size.split(",") if x.strip()]
@@ -83,6 +106,26 @@ def _run_performance(args, mod):
         result.update(mod.run_step((size,), methods, repeats=repeats, warmup=warmup, extra=extra,
                                    threads=args.threads, clock=args.clock)[0])
     return result
+
+
+def _run_threads(args) -> int:
+    from distill.bench.common import write_json
+    from distill.bench.threads import run_threads
+    from distill.cli import BadInput
+
+    try:
+        busy = [int(b) for b in args.busy.split(",") if b.strip()]
+    except ValueError:
+        raise BadInput(f"--busy {args.busy!r}: comma-separated numbers of busy processes, e.g. 0,1") from None
+    settings = [t.strip() for t in args.threads.split(",") if t.strip()]
+    if not busy or min(busy) < 0 or not settings or any(t != "auto" and not (t.isdigit() and int(t) > 0)
+                                                        for t in settings):
+        raise BadInput("--busy takes counts >= 0 and --threads 'auto' or positive numbers, e.g. --busy 0,1 "
+                       "--threads auto,1,2")
+    if args.steps < 1 or args.warmup < 1 or args.repeats < 1:
+        raise BadInput("--steps, --warmup and --repeats must be positive")
+    write_json(run_threads(args.size, args.steps, args.warmup, busy, settings, args.repeats), args.json)
+    return 0
 
 
 def run(args) -> int:
@@ -109,6 +152,8 @@ def run(args) -> int:
                              num=args.num, seed=args.seed)
         print(format_methods_table(result))
         return 0
+    if args._bench == "threads":
+        return _run_threads(args)
     # step and sample belong to the performance benchmarks (distill/bench/common.py and its siblings).
     module_name = {"step": "distill.bench.step", "sample": "distill.bench.sample"}[args._bench]
     try:

@@ -1,4 +1,5 @@
-"""distill sample PATH (--steps N | --sigmas 80,0.8) --num N --seed S [--batch-size B] [--class C] --out OUT"""
+"""distill sample PATH (--steps N | --sigmas 80,0.8) --num N --seed S [--batch-size B] [--class C] [--scale K]
+--out OUT"""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ def add_parser(sub, name):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--class", dest="cls", type=int, default=None)
+    p.add_argument("--scale", type=int, default=1,
+                   help="enlarge PNG output K times, nearest neighbour (an 8x8 digit is hard to see)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True)
     return p
@@ -34,24 +37,30 @@ def parse_floats(text: str, what: str) -> list[float]:
         raise BadInput(f"{what} must be comma-separated numbers, got {text!r}") from None
 
 
-def write_png(x, path: Path) -> None:
-    """One image (C, H, W) in [-1, 1] -> a PNG of exactly its size ('L' for one channel, else RGB)."""
+def save_png(img: np.ndarray, path: Path, scale: int = 1) -> None:
+    """uint8 (H, W, C) -> a PNG ('L' for one channel, else RGB), each pixel repeated `scale` times each way."""
     from PIL import Image
 
-    from distill.evaluation.figures import to_uint8
-
-    img = to_uint8(x[None])[0]
+    img = img.repeat(scale, axis=0).repeat(scale, axis=1)
     Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(path)
 
 
-def write_images(x, out: Path) -> None:
+def write_png(x, path: Path, scale: int = 1) -> None:
+    """One image (C, H, W) in [-1, 1] -> a PNG of its size times `scale`."""
+    from distill.evaluation.figures import to_uint8
+
+    save_png(to_uint8(x[None])[0], path, scale)
+
+
+def write_images(x, out: Path, scale: int = 1) -> None:
     """.png: a grid; .npz: uint8 (N, H, W, 3) under 'arr_0' (grey repeated to RGB), the layout of
-    OpenAI's evaluator, clean-fid and torch-fidelity; anything else: a folder 000000.png, ..."""
-    from distill.evaluation.figures import save_grid, to_uint8
+    OpenAI's evaluator, clean-fid and torch-fidelity; anything else: a folder 000000.png, ...
+    PNGs are enlarged `scale` times (nearest neighbour); the .npz keeps the native size FID tools expect."""
+    from distill.evaluation.figures import tile, to_uint8
 
     if out.suffix == ".png":
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_grid(x, out)
+        save_png(tile(x), out, scale)
     elif out.suffix == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
         arr = to_uint8(x)
@@ -59,7 +68,7 @@ def write_images(x, out: Path) -> None:
     else:
         out.mkdir(parents=True, exist_ok=True)
         for i in range(len(x)):
-            write_png(x[i], out / f"{i:06d}.png")
+            write_png(x[i], out / f"{i:06d}.png", scale)
 
 
 def run(args) -> int:
@@ -75,6 +84,9 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix not in (".png", ".npz", "") and not out.is_dir():
         raise BadInput(f"--out {out}: give a .png (grid), a .npz (for FID tools) or a folder name")
+    if args.scale < 1 or (args.scale > 1 and out.suffix == ".npz"):
+        raise BadInput(f"--scale {args.scale}: a positive integer, for PNG output only (a .npz keeps the "
+                       "native size FID tools expect)")
     if args.cls is not None and not (0 <= args.cls < max(student.num_classes, 0)):
         raise BadInput(f"--class {args.cls}: this student has {student.num_classes} classes"
                        if student.num_classes else "--class given, but this student is unconditional")
@@ -84,6 +96,6 @@ def run(args) -> int:
                    progress=True)
     except ValueError as err:
         raise BadInput(str(err)) from None
-    write_images(x, out)
+    write_images(x, out, args.scale)
     print(f"wrote {args.num} samples ({len(sigmas)} step(s), sigmas {sigmas}) to {args.out}")
     return 0

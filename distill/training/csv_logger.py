@@ -3,7 +3,10 @@
 Lightning's CSVLogger deletes an existing metrics.csv when its folder is not empty (lightning 2.6,
 fabric/loggers/csv_logs.py, `_check_log_dir_exists`), so a resumed run would lose its history. This
 logger keeps the file: on a resume it drops only rows at or after the resumed step (a run killed after
-its last checkpoint logged steps that are about to be trained again), then appends. When a new metric
+its last checkpoint logged steps that are about to be trained again), then appends. Two step conventions
+meet in the file: the training loop's rows (Lightning adds their `epoch`) carry the index of the batch being
+trained, so step k is replayed by a resume at step k; rows a callback logs directly (fid_<k>step) carry
+the number of steps done, so step k is part of the checkpoint at step k and is kept. When a new metric
 name appears, the file is rewritten with the union of the columns (old rows get empty cells).
 Rank 0 writes; other ranks log nothing.
 """
@@ -27,6 +30,15 @@ def _read(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         return list(reader.fieldnames or []), list(reader)
+
+
+def _replayed(row: dict[str, str], resume_step: int) -> bool:
+    """Whether a resume at `resume_step` logs this row again (see the module docstring)."""
+    if row.get("step") in (None, ""):
+        return False
+    step = int(float(row["step"]))
+    done = step + 1 if row.get("epoch") not in (None, "") else step
+    return done > resume_step
 
 
 def _write_all(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
@@ -75,8 +87,7 @@ class AppendingCSVLogger(Logger):
         """First save: read the old file back, dropping rows the resumed run will log again."""
         columns, rows = _read(self.path)
         if self._resume_step is not None and rows:
-            kept = [r for r in rows
-                    if r.get("step") in (None, "") or int(float(r["step"])) < self._resume_step]
+            kept = [r for r in rows if not _replayed(r, self._resume_step)]
             if len(kept) != len(rows):
                 _write_all(self.path, columns, kept)
         elif self._resume_step is None and rows:

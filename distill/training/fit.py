@@ -7,6 +7,7 @@ data and student are built first, and only then is the run directory created.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -54,13 +55,16 @@ def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | Non
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
     from distill.training.callbacks import AtomicCheckpointIO, ExportStudent, LastCheckpoint, NaNGuard, StudentEMA
+    from distill.training.callbacks.plot import TrainingPlot
     from distill.training.callbacks.preemption import PreemptionCheckpoint
+    from distill.training.callbacks.progress import StepProgress
     from distill.training.callbacks.sample_grid import SampleGrid
-    from distill.training.csv_logger import AppendingCSVLogger
+    from distill.training.loggers import build_loggers
     from distill.training.scaling import check_strategy
 
     t = cfg.trainer
     check_strategy(t)
+    loggers = build_loggers(cfg, run_dir, resume_step)
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # our PreemptionCheckpoint requeues; Lightning's saves inside its handler
         plugins.append(SLURMEnvironment(auto_requeue=False))
@@ -71,6 +75,9 @@ def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | Non
         from distill.training.callbacks.fid import FIDCallback
 
         callbacks.append(FIDCallback.from_config(cfg, run_dir))
+    callbacks.append(TrainingPlot(run_dir, cfg.eval.every_n_steps if cfg.eval.fid else 0))
+    if t.enable_progress_bar:
+        callbacks.append(StepProgress())
     callbacks += list(callbacks_extra)
     callbacks += [LastCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_steps),
                   SampleGrid(run_dir, cfg.eval.steps, cfg.eval.grid_every_n_steps, num=cfg.eval.grid_num,
@@ -83,7 +90,7 @@ def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | Non
         strategy=t.strategy, precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, log_every_n_steps=t.log_every_n_steps,
         enable_progress_bar=t.enable_progress_bar, enable_checkpointing=False, enable_model_summary=False,
-        logger=AppendingCSVLogger(run_dir, resume_step), callbacks=callbacks,
+        logger=loggers, callbacks=callbacks,
         plugins=plugins, default_root_dir=str(run_dir), max_epochs=-1,
         num_sanity_val_steps=0, use_distributed_sampler=False,
     )
@@ -124,12 +131,22 @@ def write_config(run_dir: Path, cfg) -> None:
         atomic_write_bytes(path, text.encode())
 
 
+def resume_message(step: int, max_steps: int, checkpoint: Path) -> str:
+    if step >= max_steps:
+        return f"already finished at step {step}; raise trainer.max_steps to train longer"
+    return f"resuming at step {step} of {max_steps} (from {checkpoint})"
+
+
 def fit(cfg, teacher=None):
     """Train as the recipe says. `teacher` may be any Denoiser object (overrides the recipe's block).
 
     Raises `distill.training.callbacks.preemption.Preempted` after a preemption checkpoint (the caller exits)."""
     from distill.data import DistillDataModule
+    from distill.quiet import quiet_third_party
+    from distill.training.loggers import check_available
 
+    quiet_third_party()
+    check_available(cfg.log.loggers)  # before the teacher and data are built: seconds sooner
     run_dir, resume = plan_run_dir(cfg)
     try:
         teacher, module = prepare_teacher_and_student(cfg, to_plain(cfg)["teacher"], teacher)
@@ -141,5 +158,7 @@ def fit(cfg, teacher=None):
     trainer = build_trainer(cfg, run_dir, resume_step=resume_step)
     if is_global_rank_zero():
         write_config(run_dir, cfg)
+        if resume_step is not None:
+            print(resume_message(resume_step, cfg.trainer.max_steps, resume), file=sys.stderr, flush=True)
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
     return run_dir

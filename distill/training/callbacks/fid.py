@@ -134,9 +134,9 @@ class FIDCallback(L.Callback):
         seconds = time.perf_counter() - t0
         self._last_step = step
         self.history.append(dict(metrics, step=step, seconds=seconds))
-        if trainer.logger is not None:
-            trainer.logger.log_metrics(metrics, step=step)
-            trainer.logger.save()
+        for logger in trainer.loggers:  # metrics.csv, and TensorBoard / W&B when the recipe adds them
+            logger.log_metrics(metrics, step=step)
+            logger.save()
         rank_zero_info(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                        + f" ({self.num} samples, {seconds:.1f} s)")
         primary = metrics[f"fid_{self.steps[0]}step"]
