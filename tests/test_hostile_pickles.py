@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
 from nvlabs_pickle import edm_pickle_bytes
-from pickle_ops import Ops, build_on_global, item, record, tensor_record_pickle
+from pickle_ops import Ops, TensorRecord, build_on_global, item, record, tensor_record_pickle
 
 import teachers
 from teachers.registry import TeacherSpecError
@@ -144,6 +145,21 @@ def test_deep_nesting_is_refused_without_a_recursion_error():
 def test_tensor_records_are_bounds_checked_against_their_storage(offset, size, stride):
     with pytest.raises(RefusedPickleError, match="tensor record"):
         safe_load(tensor_record_pickle(offset, size, stride))
+
+
+def test_tensors_sharing_one_storage_cannot_claim_more_than_the_file(tmp_path):
+    """Every weight an in-bounds view of one storage written once: each record is valid, together they are a
+    copy bomb (N views of one block are N times the file once copied into a network)."""
+    net = tiny_net()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TypedStorage is deprecated; NVlabs files hold them anyway
+        shared = torch.randn(max(p.numel() for p in net.parameters())).storage()
+    for module in net.modules():
+        for key, p in list(module._parameters.items()):
+            module._parameters[key] = TensorRecord(shared, 0, tuple(p.shape), p.stride())  # pickled as such
+    path = write(tmp_path, edm_pickle_bytes(net, PRECOND), "shared.pkl")
+    with pytest.raises(TeacherSpecError, match="shared.pkl.*claim"):
+        load_edm(path)
 
 
 def test_an_in_bounds_tensor_record_is_a_view_of_its_storage():
