@@ -1,13 +1,16 @@
 """The student export: `student.safetensors` + `student.json`, enough to rebuild it without the teacher.
 
 Also reads a student back from a run directory, an export, or a training `.ckpt` (weights only:
-checkpoints are loaded with `torch.load(weights_only=True)`, never unpickled as code).
+checkpoints are loaded with `torch.load(weights_only=True)`, never unpickled as code). What a file records is
+data: the network and feeding must be registered names, the network is built only once a meta-device copy
+matches the tensors in the file (`teachers.files.build_checked`), and any failure is a StudentLoadError.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,10 +20,12 @@ import torch
 from distill.api import Student  # the ConsistencyStudent with sample/edit methods that users hold
 from distill.math.precond import ConsistencyStudent
 from teachers.feeding import build_feeding
+from teachers.files import build_checked, check_zip_sizes, refusing
 from teachers.networks import build_network
 
 # 2: every network constructor argument is recorded (defaults too), `training_sigmas` (method.pairs).
 SCHEMA_VERSION = 2
+MAX_RECORDED_LEVELS = 100_000  # more training levels than any curriculum uses (iCT ends at 1,281)
 
 
 class StudentLoadError(ValueError):
@@ -89,13 +94,25 @@ def _grid_of_recipe(meta: dict[str, Any]) -> dict:
         return {"pairs": "continuous"}  # a recipe today's schema cannot read: sample as asked, unsnapped
     no_teacher = SimpleNamespace(denoise=None, backbone=None)
     found = plan(cfg, no_teacher, meta["sigma_min"], meta["sigma_max"])
+    if found.levels(max(method_steps(cfg), 0)) > MAX_RECORDED_LEVELS:  # a file's claim, not worth the memory
+        return {"pairs": "continuous"}
     return found.training_sigmas(method_steps(cfg))
 
 
-def rebuild_student(meta: dict[str, Any]) -> ConsistencyStudent:
+def rebuild_student(meta: dict[str, Any], shapes: dict[str, tuple] | None = None, source=None,
+                    file_bytes: int = 0) -> ConsistencyStudent:
+    """The student `meta` describes. With the `shapes` of the tensors in `source` (file_bytes long), the
+    network is checked against them on the meta device before it is built (a file's metadata is data)."""
     meta = upgrade_metadata(meta)
+    shape = meta["image_shape"]
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 4 and all(isinstance(d, int) and 0 < d <= 65536
+                                                                     for d in shape) and math.prod(shape) <= 2**26):
+        raise StudentLoadError(f"{source or 'student.json'}: image_shape {shape!r} is not a plausible image or "
+                               "vector shape")
     net_spec = dict(meta["network"])
-    net = build_network(net_spec.pop("name"), **net_spec)
+    name = net_spec.pop("name")
+    net = build_network(name, **net_spec) if shapes is None else \
+        build_checked(name, net_spec, shapes, source, file_bytes)
     student = Student(net, build_feeding(meta["feeding"]), sigma_min=meta["sigma_min"],
                       sigma_max=meta["sigma_max"], sigma_data=meta["sigma_data"],
                       image_shape=tuple(meta["image_shape"]), num_classes=meta["num_classes"])
@@ -138,27 +155,52 @@ def update_sampling_sigmas(meta_path: Path, table: dict[str, list[float]],
 
 
 def _load_ckpt(path: Path) -> ConsistencyStudent:
+    check_zip_sizes(path, path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we read"
         raise StudentLoadError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err}); "
                                "expected a .ckpt written by `distill fit`") from None
-    if "distill" not in ckpt:
+    if not isinstance(ckpt, dict) or "distill" not in ckpt:
         raise StudentLoadError(f"{path}: a checkpoint without the 'distill' record; was it written by "
                                "`distill fit`?")
     meta = ckpt["distill"]
-    student = rebuild_student(meta)
     ema = (ckpt.get("callbacks") or {}).get("StudentEMA") or {}
     averages = ema.get("averages") or {}
     if averages:
         rate = sorted(averages)[0] if meta.get("ema_rates") is None else str(meta["ema_rates"][0])
-        student.net.load_state_dict(averages[rate])
-        student.meta = dict(meta, weights=f"ema_{rate}")
+        state, weights = averages[rate], f"ema_{rate}"
     else:
         prefix = "student.net."
-        student.net.load_state_dict({k[len(prefix):]: v for k, v in ckpt["state_dict"].items()
-                                     if k.startswith(prefix)})
-        student.meta = dict(meta, weights="online")
+        state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+        weights = "online"
+    student = rebuild_student(meta, {k: v.shape for k, v in state.items()}, path, path.stat().st_size)
+    student.net.load_state_dict(state)
+    student.meta = dict(meta, weights=weights)
+    return student
+
+
+def _load_export(path: Path) -> ConsistencyStudent:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise StudentLoadError(f"{path}: {meta_path.name} must sit beside it (it records the network "
+                               "and sigma range); copy both files together")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise StudentLoadError(f"{meta_path}: not valid JSON ({err})") from None
+    try:
+        with safe_open(str(path), "pt") as f:  # the header only: names and shapes, nothing allocated yet
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as err:  # noqa: BLE001
+        raise StudentLoadError(f"{path}: not a readable safetensors file ({err})") from None
+    with refusing(meta_path, StudentLoadError):
+        student = rebuild_student(meta, shapes, meta_path, path.stat().st_size)
+    with refusing(path, StudentLoadError):
+        student.net.load_state_dict(load_file(str(path)))
     return student
 
 
@@ -175,29 +217,11 @@ def load_student(path: str | os.PathLike, device: str | torch.device = "cpu") ->
                                    "directory; has `distill fit` finished a step?")
     if not path.exists():
         raise StudentLoadError(f"{path}: no such file; give a run directory, a student.safetensors or a .ckpt")
-    if path.suffix == ".ckpt":
-        student = _load_ckpt(path)
-    elif path.suffix == ".safetensors":
-        meta_path = path.with_suffix(".json")
-        if not meta_path.is_file():
-            raise StudentLoadError(f"{path}: {meta_path.name} must sit beside it (it records the network "
-                                   "and sigma range); copy both files together")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise StudentLoadError(f"{meta_path}: not valid JSON ({err})") from None
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(path))
-        except Exception as err:  # noqa: BLE001
-            raise StudentLoadError(f"{path}: not a readable safetensors file ({err})") from None
-        student = rebuild_student(meta)
-        try:
-            student.net.load_state_dict(state)
-        except RuntimeError as err:
-            raise StudentLoadError(f"{path}: weights do not match the network in {meta_path.name}: "
-                                   f"{str(err).splitlines()[0]}") from None
-    else:
+    if path.suffix not in (".ckpt", ".safetensors"):
         raise StudentLoadError(f"{path}: expected a run directory, a .safetensors or a .ckpt")
+    if path.suffix == ".ckpt":
+        with refusing(path, StudentLoadError):  # whatever the file trips: exit 2 naming it, never a traceback
+            student = _load_ckpt(path)
+    else:
+        student = _load_export(path)
     return student.to(device).eval().requires_grad_(False)

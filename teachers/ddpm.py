@@ -13,7 +13,7 @@ from pathlib import Path
 
 from torch import nn
 
-from teachers.files import require_file, sha256_of, smoke_levels
+from teachers.files import refusing, require_file, sha256_of, smoke_levels
 from teachers.networks import build_network
 from teachers.networks.diffusers_unet import DiffusersUNet, import_unet2d, plain_config
 from teachers.registry import TeacherSpecError, register
@@ -92,17 +92,16 @@ def load_ddpm(path: str | None = None, *, smoke: bool = False, prediction_type: 
         UNet2DModel = import_unet2d()
     except ImportError as err:  # an input the user fixes by installing the optional extra: exit 2
         raise TeacherSpecError(str(err)) from err
-    try:
+    with refusing(unet_dir):  # no weights file, an unreadable config or scheduler file: exit 2 naming it
         unet = UNet2DModel.from_pretrained(str(unet_dir), local_files_only=True)
-    except (OSError, ValueError) as err:  # no weights file, unreadable config
-        raise TeacherSpecError(f"teacher ddpm: cannot load the UNet2DModel in {unet_dir} ({err})") from err
-    config = plain_config(unet.config)
-    net = DiffusersUNet(config, module=unet)
-    net.build_spec = {"name": "diffusers_unet2d", "config": config}  # as build_network would record it
-    size = config["sample_size"]
-    h, w = (size, size) if isinstance(size, int) else size
-    shape = tuple(image_shape or (config["in_channels"], h, w))
-    teacher = teacher_from_scheduler(net, read_scheduler(sched_path, overrides), image_shape=shape,
-                                     num_classes=int(config.get("num_class_embeds") or 0), sigma_data=sigma_data)
+        config = plain_config(unet.config)
+        net = DiffusersUNet(config, module=unet)
+        net.build_spec = {"name": "diffusers_unet2d", "config": config}  # as build_network would record it
+        size = config["sample_size"]
+        h, w = (size, size) if isinstance(size, int) else size
+        shape = tuple(image_shape or (config["in_channels"], h, w))
+        teacher = teacher_from_scheduler(net, read_scheduler(sched_path, overrides), image_shape=shape,
+                                         num_classes=int(config.get("num_class_embeds") or 0),
+                                         sigma_data=sigma_data)
     teacher.file_sha256 = sha256_of(unet_dir)
     return teacher

@@ -19,7 +19,15 @@ from typing import Any
 from torch import nn
 
 from teachers.base import BackboneFeeding
-from teachers.files import load_by_name, require_file, sha256_of, smoke_levels
+from teachers.files import (
+    build_checked,
+    check_tensor_bytes,
+    load_by_name,
+    refusing,
+    require_file,
+    sha256_of,
+    smoke_levels,
+)
 from teachers.network_teacher import NetworkTeacher
 from teachers.networks import build_network
 from teachers.registry import TeacherSpecError, register
@@ -49,21 +57,16 @@ def _sigma_range(sigma_min, sigma_max) -> tuple[float, float]:
     return lo, hi
 
 
-def network_from_precond(kwargs: dict[str, Any], source: str) -> tuple[nn.Module, dict]:
-    """EDMPrecond constructor kwargs -> (the project's network, the precond's own settings)."""
+def network_from_precond(kwargs: dict[str, Any], source: str) -> tuple[str, dict, dict]:
+    """EDMPrecond constructor kwargs -> (the project's network name, its kwargs, the precond's own settings)."""
     kw = plain(kwargs)
     precond = {k: kw.pop(k) for k in PRECOND_KEYS if k in kw}
     model_type = precond.get("model_type", "DhariwalUNet")
     if model_type not in MODEL_TYPES:
         raise TeacherSpecError(f"{source}: model_type {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
     channels = int(precond["img_channels"])
-    try:
-        net = build_network(MODEL_TYPES[model_type], img_resolution=int(precond["img_resolution"]),
-                            in_channels=channels, out_channels=channels,
-                            label_dim=int(precond.get("label_dim", 0)), **kw)
-    except TypeError as err:
-        raise TeacherSpecError(f"{source}: cannot build {model_type} from the recorded kwargs ({err})") from err
-    return net, precond
+    return MODEL_TYPES[model_type], dict(kw, img_resolution=int(precond["img_resolution"]), in_channels=channels,
+                                         out_channels=channels, label_dim=int(precond.get("label_dim", 0))), precond
 
 
 def read_edm_pickle(path: Path) -> tuple[nn.Module, dict]:
@@ -77,9 +80,11 @@ def read_edm_pickle(path: Path) -> tuple[nn.Module, dict]:
                                f"networks (VP/VE/iDDPM preconditionings are not supported){hint}")
     if record.init_args:
         raise TeacherSpecError(f"{path}: EDMPrecond was built with positional arguments; expected kwargs only")
-    net, precond = network_from_precond(record.init_kwargs, str(path))
-    load_by_name(net, collect_tensors(child(record, "model")), str(path))
-    return net, precond
+    tensors = collect_tensors(child(record, "model"))
+    check_tensor_bytes(tensors, path.stat().st_size, path)
+    name, kwargs, precond = network_from_precond(record.init_kwargs, str(path))
+    net = build_checked(name, kwargs, {k: v.shape for k, v in tensors.items()}, path, path.stat().st_size)
+    return load_by_name(net, tensors, str(path)), precond
 
 
 def save_edm(net: nn.Module, path: str | Path, *, sigma_min: float, sigma_max: float, sigma_data: float,
@@ -100,23 +105,24 @@ def save_edm(net: nn.Module, path: str | Path, *, sigma_min: float, sigma_max: f
 
 
 def read_edm_safetensors(path: Path, config: str | Path | None) -> tuple[nn.Module, dict]:
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     cfg_path = Path(config) if config else path.with_suffix(".json")
     if not cfg_path.exists():
         raise FileNotFoundError(f"teacher edm: {cfg_path} does not exist; expected the JSON config written "
                                 f"beside {path.name} (network name and kwargs, sigma range, image shape)")
-    try:
+    with refusing(cfg_path):
         cfg = json.loads(cfg_path.read_text())
         spec = dict(cfg["network"])
-        net = build_network(spec.pop("name"), **spec)
-    except (ValueError, TypeError, KeyError) as err:  # bad JSON, unknown network, wrong kwargs
-        raise TeacherSpecError(f"{cfg_path}: not a network config `save_edm` writes ({err})") from err
-    tensors = load_file(str(path))
-    if tensors and all(k.startswith("model.") for k in tensors):
-        tensors = {k[len("model."):]: v for k, v in tensors.items()}  # EDMPrecond-style names
-    load_by_name(net, tensors, str(path))
-    return net, cfg
+    with safe_open(str(path), "pt") as f:  # the header only: names and shapes, nothing allocated yet
+        shapes = {_edm_name(k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    net = build_checked(spec.pop("name"), spec, shapes, cfg_path, path.stat().st_size)
+    return load_by_name(net, {_edm_name(k): v for k, v in load_file(str(path)).items()}, str(path)), cfg
+
+
+def _edm_name(key: str) -> str:
+    return key[len("model."):] if key.startswith("model.") else key  # EDMPrecond-style names
 
 
 def smoke_network(image_shape=(3, 32, 32), num_classes: int = 0) -> nn.Module:
@@ -139,6 +145,13 @@ def load_edm(path: str | None = None, *, config: str | None = None, smoke: bool 
         return EDMTeacher(smoke_network(shape, int(num_classes or 0)), sigma_min=lo, sigma_max=hi,
                           image_shape=shape, num_classes=int(num_classes or 0))
     p = require_file(path, "edm", "an NVlabs EDM network pickle (.pkl) or a .safetensors file with its .json")
+    with refusing(p):
+        teacher = _read_edm(p, config, sigma_min, sigma_max)
+    teacher.file_sha256 = sha256_of(p)
+    return teacher
+
+
+def _read_edm(p: Path, config, sigma_min, sigma_max) -> EDMTeacher:
     if p.suffix == ".pkl":
         net, precond = read_edm_pickle(p)
         res, ch = int(precond["img_resolution"]), int(precond["img_channels"])
@@ -155,5 +168,5 @@ def load_edm(path: str | None = None, *, config: str | None = None, smoke: bool 
     else:
         raise TeacherSpecError(f"teacher edm: {p} is neither a .pkl nor a .safetensors file")
     teacher = EDMTeacher(net, sigma_min=lo, sigma_max=hi, sigma_data=sd, image_shape=shape, num_classes=classes)
-    teacher.file_sha256, teacher.licence = sha256_of(p), licence
+    teacher.licence = licence
     return teacher

@@ -16,7 +16,15 @@ from pathlib import Path
 from torch import nn
 
 from teachers.edm import EDM_LICENCE, EDMTeacher, _sigma_range
-from teachers.files import load_by_name, require_file, sha256_of, smoke_levels
+from teachers.files import (
+    build_checked,
+    check_tensor_bytes,
+    load_by_name,
+    refusing,
+    require_file,
+    sha256_of,
+    smoke_levels,
+)
 from teachers.networks import build_network
 from teachers.registry import TeacherSpecError, register
 from teachers.safe_pickle import PersistentRecord, child, collect_tensors, plain, safe_load
@@ -37,15 +45,13 @@ def read_edm2_pickle(path: Path) -> tuple[nn.Module, dict]:
     if enc_name is not None and enc_name not in PIXEL_ENCODERS:
         raise TeacherSpecError(f"{path}: a latent EDM2 model (encoder {enc_name}); only pixel-space EDM2 "
                                "teachers are supported (latent ones need a local Stable Diffusion VAE)")
+    tensors = collect_tensors(child(record, "unet"))
+    check_tensor_bytes(tensors, path.stat().st_size, path)
     kw = plain(record.init_kwargs)
     precond = {k: kw.pop(k) for k in PRECOND_ONLY if k in kw}
     precond.update({k: kw[k] for k in ("img_resolution", "img_channels", "label_dim") if k in kw})
-    try:
-        net = build_network("edm2_unet", **kw)
-    except TypeError as err:
-        raise TeacherSpecError(f"{path}: cannot build the EDM2 UNet from the recorded kwargs ({err})") from err
-    load_by_name(net, collect_tensors(child(record, "unet")), str(path))
-    return net, precond
+    net = build_checked("edm2_unet", kw, {k: v.shape for k, v in tensors.items()}, path, path.stat().st_size)
+    return load_by_name(net, tensors, str(path)), precond
 
 
 def smoke_network(image_shape=(3, 64, 64), num_classes: int = 0) -> nn.Module:
@@ -64,9 +70,10 @@ def load_edm2(path: str | None = None, *, smoke: bool = False, image_shape=None,
         return EDMTeacher(smoke_network(shape, classes), sigma_min=lo, sigma_max=hi, image_shape=shape,
                           num_classes=classes)
     p = require_file(path, "edm2", "an NVlabs EDM2 pixel-space network pickle (.pkl)")
-    net, precond = read_edm2_pickle(p)
-    res, ch = int(precond["img_resolution"]), int(precond["img_channels"])
-    teacher = EDMTeacher(net, sigma_min=lo, sigma_max=hi, sigma_data=float(precond.get("sigma_data", 0.5)),
-                         image_shape=(ch, res, res), num_classes=int(precond.get("label_dim", 0)))
+    with refusing(p):
+        net, precond = read_edm2_pickle(p)
+        res, ch = int(precond["img_resolution"]), int(precond["img_channels"])
+        teacher = EDMTeacher(net, sigma_min=lo, sigma_max=hi, sigma_data=float(precond.get("sigma_data", 0.5)),
+                             image_shape=(ch, res, res), num_classes=int(precond.get("label_dim", 0)))
     teacher.file_sha256, teacher.licence = sha256_of(p), EDM_LICENCE
     return teacher

@@ -16,7 +16,16 @@ from torch import nn
 
 from teachers.base import BackboneFeeding, edm_scalings, expand_like
 from teachers.feeding import register_feeding
-from teachers.files import load_by_name, require_file, sha256_of, smoke_levels
+from teachers.files import (
+    build_checked,
+    check_tensor_bytes,
+    load_by_name,
+    load_weights_only,
+    refusing,
+    require_file,
+    sha256_of,
+    smoke_levels,
+)
 from teachers.network_teacher import NetworkTeacher
 from teachers.networks import build_network
 from teachers.registry import TeacherSpecError, register
@@ -88,14 +97,13 @@ def load_openai_cm(path: str | None = None, *, arch: str | None = "imagenet64", 
         return OpenAICMTeacher(build_network("adm_unet", **kwargs), **teacher_kwargs)
     p = require_file(path, "openai_cm", f"an OpenAI consistency-models teacher state dict such as "
                                         f"edm_{arch or 'imagenet64'}_ema.pt")
-    try:  # read (and refuse) the file before building a network of hundreds of millions of parameters
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # a pickle that is not plain tensors is refused by weights_only
-        raise TeacherSpecError(f"{p}: not a plain state dict loadable with weights_only=True, refused "
-                               f"({type(err).__name__}: {str(err)[:300]})") from err
-    if not isinstance(state, dict):
-        raise TeacherSpecError(f"{p}: expected a state dict, found {type(state).__name__}")
-    net = load_by_name(build_network("adm_unet", **kwargs), state, str(p))
-    teacher = OpenAICMTeacher(net, **teacher_kwargs)
+    state = load_weights_only(p)  # read (and refuse) the file before building any network
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TeacherSpecError(f"{p}: expected a state dict of tensors, found {type(state).__name__}"
+                               + (" holding other values" if isinstance(state, dict) else ""))
+    with refusing(p):
+        check_tensor_bytes(state, p.stat().st_size, p)
+        net = build_checked("adm_unet", kwargs, {k: v.shape for k, v in state.items()}, p, p.stat().st_size)
+        teacher = OpenAICMTeacher(load_by_name(net, state, str(p)), **teacher_kwargs)
     teacher.file_sha256 = sha256_of(p)
     return teacher

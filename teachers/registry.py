@@ -2,10 +2,15 @@
 
 A spec is `{name: <registered>, ...kwargs}` or `{target: "package.module:factory", ...kwargs}` for a
 teacher of the user's own; a factory returns an object satisfying `teachers.base.Denoiser`.
+
+A recipe is code the user chose, so its `target` is imported. A spec read back from a file (student.json,
+a .ckpt) is data: `load_recorded` accepts registered names only, at every level (a guidance teacher's inner
+spec too), and never imports what a file names (DESIGN.md, "Metadata ... is data").
 """
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import inspect
 from collections.abc import Callable, Mapping
@@ -19,6 +24,10 @@ _BUILTIN_MODULES = ("teachers.analytic", "teachers.patches", "teachers.edm", "te
 
 class TeacherSpecError(ValueError):
     """A teacher block that cannot be turned into a teacher (bad name, bad target, missing file)."""
+
+
+# While a spec read from a file is being loaded: (the file, how the user can give the teacher instead).
+_RECORDED: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("recorded_spec", default=None)
 
 
 def register(name: str):
@@ -71,6 +80,10 @@ def load(spec: Mapping[str, Any] | Any):
         raise TeacherSpecError("teacher: give exactly one of `name` (one of "
                                f"{', '.join(available())}) or `target` ('package.module:factory')")
     if target is not None:
+        if _RECORDED.get() is not None:
+            source, how = _RECORDED.get()
+            raise TeacherSpecError(f"{source}: the recorded teacher is code ({{target: {target!r}}}); metadata in a "
+                                   f"file is data and is never imported from it. If you trust that code, {how}")
         factory = resolve_target(target)
     else:
         _import_builtins()
@@ -91,3 +104,21 @@ def load(spec: Mapping[str, Any] | Any):
     if hasattr(teacher, "spec") and isinstance(teacher.spec, dict) and not teacher.spec:
         teacher.spec = dict(spec)
     return teacher
+
+
+def load_recorded(spec: Mapping[str, Any], source, how: str = "give the teacher yourself") -> Any:
+    """The teacher a file recorded (student.json, a .ckpt): registered names only, nothing imported.
+
+    `how` completes the refusal of a `target`, e.g. "pass it yourself: distill eval --teacher ...". Any
+    error while rebuilding it is a TeacherSpecError naming the file.
+    """
+    from teachers.files import refusing
+
+    if not isinstance(spec, Mapping):
+        raise TeacherSpecError(f"{source}: the recorded teacher spec is a {type(spec).__name__}, not a mapping")
+    token = _RECORDED.set((str(source), how))
+    try:
+        with refusing(source):
+            return load(spec)
+    finally:
+        _RECORDED.reset(token)

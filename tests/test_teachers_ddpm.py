@@ -157,3 +157,11 @@ def test_google_ddpm_cifar10_unet_parameter_count():
     with torch.device("meta"):
         unet = diffusers.UNet2DModel(**config)
     assert round(sum(p.numel() for p in unet.parameters()) / 1e6, 2) == 35.75
+
+
+@pytest.mark.parametrize("broken", ["scheduler_config.json", "diffusion_pytorch_model.safetensors"])
+def test_a_broken_file_in_the_folder_is_a_refusal_naming_it(tmp_path, broken):
+    tiny_unet2d().save_pretrained(tmp_path)
+    (tmp_path / broken).write_text("{ not json, not tensors")
+    with pytest.raises(TeacherSpecError, match=str(tmp_path)):
+        teachers.load({"name": "ddpm", "path": str(tmp_path)})

@@ -2,7 +2,11 @@
 
 Also: --features auto|inception|digits|pixel|package.module:attr, --inception FILE (the FID network's
 weights, never downloaded), --search-sigmas (find the 2- and 3-step sampling sigmas that minimise FID
-first, and store them in student.json as the defaults of `distill sample --steps 2/3`).
+first, and store them in student.json as the defaults of `distill sample --steps 2/3`), --teacher SPEC.
+
+What student.json (or the .ckpt) records is data: its teacher is rebuilt from registered names only and its
+eval.features only if built in. Code it names (teacher.target, eval.features 'package.module:attr') runs
+only when the user says so on this command line (--teacher, --features).
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ def add_parser(sub, name):
                                                "read); default: exact samples of an analytic teacher")
     p.add_argument("--features", default=None, help="auto (default; or the recipe's eval.features), "
                                                     "inception, digits, pixel or package.module:attr")
+    p.add_argument("--teacher", default=None, metavar="SPEC",
+                   help="the teacher to compare with, instead of the one student.json records: a recipe or "
+                        "YAML file (its teacher: block) or an inline mapping such as "
+                        "'{target: mypkg.teachers:make, width: 64}'. Needed for a teacher of your own code: "
+                        "a file's metadata is never imported")
     p.add_argument("--inception", default=None, metavar="FILE",
                    help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid's plain state dict)")
     p.add_argument("--search-sigmas", action="store_true",
@@ -64,7 +73,11 @@ def build_features(args, student):
 
     recipe_eval = (student.meta.get("recipe") or {}).get("eval") or {}
     inception = args.inception or recipe_eval.get("inception_path")
-    choice = args.features or ("inception" if args.inception else recipe_eval.get("features") or "auto")
+    recorded = recipe_eval.get("features")
+    if args.features is None and not args.inception and isinstance(recorded, str) and ":" in recorded:
+        raise BadInput(f"{args.path}: its recipe records eval.features {recorded!r}, code named by a file, which "
+                       f"is never imported from one; if you trust it, pass --features {recorded}")
+    choice = args.features or ("inception" if args.inception else recorded or "auto")
     try:
         extractor = build_extractor(choice, student.image_shape, inception)
         ref_path = args.ref or recipe_eval.get("ref")
@@ -77,6 +90,50 @@ def build_features(args, student):
     except ValueError as err:
         raise BadInput(str(err)) from None
     return extractor, ref
+
+
+def load_teacher(args, student):
+    """The teacher given by --teacher (code the user chose), else the one the file records (data only)."""
+    import teachers
+    from distill.cli import BadInput
+    from teachers.registry import load_recorded
+
+    if args.teacher is None:
+        recorded = student.meta.get("teacher")
+        spec = recorded.get("spec") if isinstance(recorded, dict) else None
+        how = (f"pass it yourself: distill eval {args.path} --teacher RECIPE.yaml (or an inline mapping such as "
+               "'{target: package.module:factory, ...}')")
+        return spec, load_recorded(spec, args.path, how)
+    spec = teacher_block(args.teacher)
+    if not isinstance(spec, dict) or not spec:
+        raise BadInput(f"--teacher {args.teacher!r}: expected a recipe or YAML file with a teacher: block, or a "
+                       "mapping such as '{name: edm, path: net.pkl}'")
+    return spec, teachers.load(spec)
+
+
+def teacher_block(text: str):
+    """--teacher: a YAML file (a recipe's teacher: block, `base:` chain and ${...} resolved) or inline YAML."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from distill.cli import BadInput
+    from distill.config import load_yaml_chain
+
+    if Path(text).expanduser().is_file() or text.endswith((".yaml", ".yml")):
+        data = load_yaml_chain(Path(text).expanduser())  # a missing file is a ConfigError (exit 2)
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise BadInput(f"--teacher: neither a file nor a YAML mapping ({err})") from None
+    if not isinstance(data, dict):
+        return data
+    try:
+        cfg = OmegaConf.create(data)
+        return OmegaConf.to_container(cfg.teacher if isinstance(data.get("teacher"), dict) else cfg, resolve=True)
+    except OmegaConfBaseException as err:
+        raise BadInput(f"--teacher: {str(err).splitlines()[0]}") from None
 
 
 def search(args, student, extractor, ref, teacher) -> dict:
@@ -103,7 +160,6 @@ def search(args, student, extractor, ref, teacher) -> dict:
 
 
 def run(args) -> int:
-    import teachers
     from distill.cli import BadInput
     from distill.evaluation.evaluate import format_table, generate, plot_fid_vs_nfe, report
     from distill.evaluation.figures import save_comparison
@@ -119,8 +175,7 @@ def run(args) -> int:
         raise BadInput("--num must be at least 2 and --steps positive")
     student = load_student(args.path)
     extractor, ref_stats = build_features(args, student)  # before any long work: bad input exits 2 now
-    spec = student.meta["teacher"]["spec"]
-    teacher = teachers.load(spec)
+    spec, teacher = load_teacher(args, student)
     if args.search_sigmas:
         search(args, student, extractor, ref_stats, teacher)
     t0 = time.perf_counter()

@@ -10,11 +10,14 @@ def add_parser(sub, name):
                        description="Write SRC (a folder with one subfolder per class, or an EDM dataset zip "
                                    "with dataset.json labels) as webdataset shards OUT/shard-NNNNNN.tar. "
                                    "Train on them with data.name=webdataset "
-                                   "data.path='OUT/shard-{000000..NNNNNN}.tar'.")
+                                   "data.path='OUT/shard-{000000..NNNNNN}.tar'. Links to files outside SRC "
+                                   "and files over --max-member-mb are refused before anything is written.")
     p.add_argument("src", help="image folder or dataset .zip")
     p.add_argument("out", help="output folder (created)")
     p.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
-    p.add_argument("--prefix", default="shard", help="shard file name prefix (default 'shard')")
+    p.add_argument("--prefix", default="shard", help="shard file name prefix (default 'shard'; a plain name)")
+    p.add_argument("--max-member-mb", type=float, default=64,
+                   help="refuse (not read) any file larger than this, in MiB (default 64)")
     return p
 
 
@@ -26,7 +29,12 @@ def run(args) -> int:
         raise FileNotFoundError(f"{args.src}: no such folder or zip file")
     if args.shard_size < 1:
         raise BadInput(f"--shard-size must be a positive number of samples, got {args.shard_size}")
-    paths = write_shards(args.src, args.out, args.shard_size, args.prefix)
+    if not args.max_member_mb > 0:
+        raise BadInput(f"--max-member-mb must be positive, got {args.max_member_mb}")
+    try:
+        paths = write_shards(args.src, args.out, args.shard_size, args.prefix, int(args.max_member_mb * 2**20))
+    except ValueError as err:  # a link out of SRC, a file over the limit, a bad prefix, a bad dataset.json
+        raise BadInput(str(err)) from None
     last = len(paths) - 1
     print(f"wrote {len(paths)} shards to {args.out}; train with data.name=webdataset "
           f"data.path='{Path(args.out) / args.prefix}-{{000000..{last:06d}}}.tar'")

@@ -3,6 +3,11 @@
 Both are read into memory and served by StepBatches, so training on them resumes exactly. For data sets
 too big for memory, write webdataset shards with `distill shards SRC OUT` and use data.name=webdataset.
 `iter_raw` yields the undecoded files for `distill shards`.
+
+A folder is read as what it holds: a link to a file outside it (`x.png -> /etc/passwd`) is refused, not
+followed, so nothing outside SRC lands in a shard or a training set (links inside SRC are fine). A file
+larger than `max_bytes` (64 MiB by default, far above any training image) is refused, not read whole. Both
+are checked for every file before the first one is read.
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import torch
 
 from distill.data.images import IMAGE_EXTENSIONS, UndecodableImage, decode_image
 
+# Far above any image a diffusion model trains on (a 2048x2048 RGB PNG is at most ~12 MiB).
+MAX_MEMBER_BYTES = 64 << 20
+
 
 def _is_image(name: str) -> bool:
     return name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
@@ -24,6 +32,12 @@ def _is_image(name: str) -> bool:
 def _folder_items(root: Path) -> list[tuple[str, Path, int]]:
     """(key, file, label): label = index of the sorted subfolder name, -1 for files in the root."""
     files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p.name))
+    inside = root.resolve()
+    outside = [p for p in files if not p.resolve().is_relative_to(inside)]
+    if outside:
+        raise ValueError(f"{root}: {len(outside)} file(s) are links to files outside the folder, e.g. {outside[0]} "
+                         f"-> {outside[0].resolve()}; links out of the source are never followed. Copy the files "
+                         "in (cp -L) if you mean them")
     classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     index = {c: i for i, c in enumerate(classes)}
     items = []
@@ -34,28 +48,55 @@ def _folder_items(root: Path) -> list[tuple[str, Path, int]]:
     return items
 
 
-def _zip_items(path: Path) -> tuple[zipfile.ZipFile, list[tuple[str, str, int]]]:
+def _zip_items(zf: zipfile.ZipFile, max_bytes: int) -> list[tuple[str, str, int]]:
     """EDM's dataset_tool.py layout: images anywhere in the zip, dataset.json = {"labels": [[name, c]]}."""
-    zf = zipfile.ZipFile(path)
     names = sorted(n for n in zf.namelist() if _is_image(n))
     labels: dict[str, int] = {}
     if "dataset.json" in zf.namelist():
-        meta = json.loads(zf.read("dataset.json"))
+        meta = json.loads(_read_member(zf, "dataset.json", max_bytes))
         labels = {name: int(c) for name, c in (meta.get("labels") or [])}
-    return zf, [(n.rsplit(".", 1)[0], n, labels.get(n, -1)) for n in names]
+    return [(n.rsplit(".", 1)[0], n, labels.get(n, -1)) for n in names]
 
 
-def iter_raw(src: str | Path) -> Iterator[tuple[str, str, bytes, int]]:
-    """(key, extension, bytes, label) for every image of a folder or an EDM zip, in a fixed order."""
+def _check_size(name, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise ValueError(f"{name}: {size} bytes, over the limit of {max_bytes} bytes for one file; refused, "
+                         "not read (if it really is one training image, raise the limit)")
+
+
+def _read_capped(f, name, size: int, max_bytes: int) -> bytes:
+    """At most max_bytes + 1 bytes are read, whatever the size announced (a file may grow, a header lie)."""
+    _check_size(name, size, max_bytes)
+    data = f.read(max_bytes + 1)
+    _check_size(name, len(data), max_bytes)
+    return data
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, max_bytes: int) -> bytes:
+    info = zf.getinfo(name)
+    with zf.open(info) as f:
+        return _read_capped(f, f"{zf.filename}:{name}", info.file_size, max_bytes)
+
+
+def iter_raw(src: str | Path, max_bytes: int = MAX_MEMBER_BYTES) -> Iterator[tuple[str, str, bytes, int]]:
+    """(key, extension, bytes, label) for every image of a folder or an EDM zip, in a fixed order.
+
+    ValueError, before anything is yielded, for a link out of the folder or a file over max_bytes."""
     src = Path(src)
     if src.is_dir():
-        for key, path, label in _folder_items(src):
-            yield key, path.suffix[1:].lower(), path.read_bytes(), label
+        items = _folder_items(src)
+        for _, path, _ in items:
+            _check_size(path, path.stat().st_size, max_bytes)
+        for key, path, label in items:
+            with open(path, "rb") as f:
+                yield key, path.suffix[1:].lower(), _read_capped(f, path, path.stat().st_size, max_bytes), label
     elif zipfile.is_zipfile(src):
-        zf, items = _zip_items(src)
-        with zf:
+        with zipfile.ZipFile(src) as zf:
+            items = _zip_items(zf, max_bytes)
+            for _, name, _ in items:
+                _check_size(f"{src}:{name}", zf.getinfo(name).file_size, max_bytes)
             for key, name, label in items:
-                yield key, name.rsplit(".", 1)[-1].lower(), zf.read(name), label
+                yield key, name.rsplit(".", 1)[-1].lower(), _read_member(zf, name, max_bytes), label
     else:
         raise FileNotFoundError(f"{src}: not an image folder or a zip file")
 

@@ -1,33 +1,47 @@
 """Writing webdataset shards from an image folder or an EDM dataset zip (`distill shards`).
 
 Each sample is `KEY.<ext>` (the original bytes, not re-encoded) and, when labelled, `KEY.cls`; keys are
-running numbers, because webdataset splits a file name at its first dot to find the key.
+running numbers, because webdataset splits a file name at its first dot to find the key. The prefix is a
+plain file name, so every shard lands in OUT; what is read from SRC follows `distill.data.folders.iter_raw`
+(no links out of SRC, no file over `max_bytes`).
 """
 
 from __future__ import annotations
 
+import itertools
+import re
 from pathlib import Path
 
-from distill.data.folders import iter_raw
+from distill.data.folders import MAX_MEMBER_BYTES, iter_raw
+
+PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
-def write_shards(src: str | Path, out: str | Path, shard_size: int, prefix: str = "shard") -> list[Path]:
+def check_prefix(prefix: str) -> None:
+    if not PREFIX.fullmatch(prefix):
+        raise ValueError(f"--prefix {prefix!r}: a shard name prefix is a plain file name (letters, digits, '.', "
+                         "'_', '-'; no separator, not starting with '.'), so that every shard lands in OUT")
+
+
+def write_shards(src: str | Path, out: str | Path, shard_size: int, prefix: str = "shard",
+                 max_bytes: int = MAX_MEMBER_BYTES) -> list[Path]:
     """Shards `OUT/{prefix}-000000.tar, ...` of `shard_size` samples each; returns their paths."""
     import webdataset as wds
 
     if shard_size < 1:
         raise ValueError(f"--shard-size must be positive, got {shard_size}")
+    check_prefix(prefix)
+    samples = iter_raw(src, max_bytes)
+    first = next(samples, None)  # links and sizes are checked for every file here, before OUT is created
+    if first is None:
+        raise FileNotFoundError(f"{src}: no images (png, jpg, webp, ...) to write")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # ShardWriter does not create its folder (FACTS.md)
     pattern = str(out / f"{prefix}-%06d.tar")
-    count = 0
     with wds.ShardWriter(pattern, maxcount=shard_size, verbose=0) as sink:
-        for index, (_, ext, data, label) in enumerate(iter_raw(src)):
+        for index, (_, ext, data, label) in enumerate(itertools.chain([first], samples)):
             sample = {"__key__": f"{index:09d}", ext: data}
             if label >= 0:
                 sample["cls"] = str(label).encode()
             sink.write(sample)
-            count += 1
-    if count == 0:
-        raise FileNotFoundError(f"{src}: no images (png, jpg, webp, ...) to write")
     return sorted(out.glob(f"{prefix}-*.tar"))
