@@ -114,17 +114,16 @@ def search(args, student, extractor, ref, teacher) -> dict:
 def run(args) -> int:
     import teachers
     from distill.cli import BadInput
-
-    if args.images or args.ref_images:
-        from distill.commands.eval_images import run_images
-
-        return run_images(args)
-    if not args.path or not args.out:
-        raise BadInput("distill eval needs PATH and --out report.json (or --images FOLDER for a folder's FID)")
+    from distill.commands.eval_images import run_images
     from distill.evaluation.evaluate import format_table, generate, plot_fid_vs_nfe, report
     from distill.evaluation.figures import save_comparison
     from distill.evaluation.metrics.reference import exact_samples
     from distill.export import load_student
+
+    if args.images or args.ref_images:
+        return run_images(args)
+    if not args.path or not args.out:
+        raise BadInput("distill eval needs PATH and --out report.json (or --images FOLDER for a folder's FID)")
 
     steps = parse_ints(args.steps, "--steps")
     nfes = parse_ints(args.teacher_nfe, "--teacher-nfe")
