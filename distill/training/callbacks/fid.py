@@ -66,6 +66,10 @@ class FIDCallback(L.Callback):
         from distill.evaluation.metrics.fid import add, frechet_metric, set_reference_stats
         from distill.evaluation.metrics.reference import check_compatible, exact_samples, load_stats
 
+        if not self.ref and not hasattr(pl_module.teacher, "sample"):
+            log.warning("FID during training is off: the teacher has no exact samples; set eval.ref to an "
+                        ".npz of reference statistics")
+            return
         shape = pl_module.student.image_shape
         # Rank 0 first: the digits classifier may need training and caching; the others then read the cache.
         if trainer.global_rank == 0:
@@ -73,6 +77,8 @@ class FIDCallback(L.Callback):
         trainer.strategy.barrier("fid-extractor")
         if trainer.global_rank != 0:
             extractor = build_extractor(self.features, shape, self.inception_path)
+        # torchmetrics allocates its D x D sums here: only once a reference exists (pixels of a 256 px
+        # student would be 196,608-d).
         metric = frechet_metric(extractor.module, **strategy_sync(trainer)).to(pl_module.device)
         rank, world = trainer.global_rank, trainer.world_size
         if self.ref:
@@ -82,13 +88,9 @@ class FIDCallback(L.Callback):
             else:
                 check_compatible(stats, extractor.name, extractor.num_features, self.ref)
                 set_reference_stats(metric, stats.mu, stats.sigma, rank)
-        elif hasattr(pl_module.teacher, "sample"):
+        else:
             ref = exact_samples(pl_module.teacher, self.ref_num, self.seed)
             add(metric, share(ref, rank, world), real=True, batch_size=self.batch_size)
-        else:
-            log.warning("FID during training is off: the teacher has no exact samples; set eval.ref to an "
-                        ".npz of reference statistics")
-            return
         self._metric = metric
 
     def on_fit_start(self, trainer, pl_module):
