@@ -155,7 +155,7 @@ class EvalConfig:
     fid: bool = True  # FID during training (distill/training/callbacks/fid.py); needs exact samples or eval.ref
     # auto | inception | digits | pixel | 'package.module:attr' (distill/evaluation/metrics/extractors.py)
     features: str = "auto"
-    inception_path: str | None = None  # pt_inception-2015-12-05-6726825d.pth; never downloaded
+    inception_path: str | None = None  # weights-inception-2015-12-05-6726825d.pth (torch-fidelity's); never downloaded
     ref: str | None = None  # reference statistics .npz (default: the analytic teacher's exact samples)
 
 

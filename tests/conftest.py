@@ -52,6 +52,28 @@ def tiny_run(tmp_path_factory, distill_cache):
     return run
 
 
+@pytest.fixture(scope="session")
+def inception_file(tmp_path_factory):
+    """FID Inception weights as torch-fidelity's file holds them (a plain state dict, torchvision's names),
+    but random: He-normal convolutions and non-trivial BatchNorm statistics keep activations alive."""
+    from torchvision.models import inception_v3
+
+    from distill.evaluation.metrics.inception import WEIGHTS_FILE
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008)
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("inception") / WEIGHTS_FILE
+    torch.save({k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}, path)
+    return path
+
+
 @pytest.fixture
 def run_cli(tmp_path):
     """Run `distill ...` in a subprocess (as a user would); returns CompletedProcess."""

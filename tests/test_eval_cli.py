@@ -54,14 +54,14 @@ def test_ref_in_edm_layout_gives_the_same_fid(evaluated, tiny_run, tmp_path):
     """Statistics of the same exact samples, saved as EDM saves them (mu, sigma only), read by --ref."""
     import teachers
     from distill.evaluation.metrics.extractors import build_extractor
-    from distill.evaluation.metrics.frechet import gaussian_stats
     from distill.evaluation.metrics.reference import exact_samples
     from distill.export import load_student
 
     _, rep, _ = evaluated
     student = load_student(tiny_run)
     ext = build_extractor("digits", student.image_shape)
-    mu, sigma = gaussian_stats(ext(exact_samples(teachers.load(student.meta["teacher"]["spec"]), 1000, 0)))
+    feats = ext(exact_samples(teachers.load(student.meta["teacher"]["spec"]), 1000, 0)).numpy()
+    mu, sigma = feats.mean(0), np.cov(feats, rowvar=False)
     np.savez(tmp_path / "ref.npz", mu=mu, sigma=sigma)
     out = tmp_path / "r" / "report.json"
     assert main(["eval", str(tiny_run), "--num", "64", "--steps", "1", "--teacher-nfe", "1", "--ref",
@@ -73,10 +73,12 @@ def test_ref_in_edm_layout_gives_the_same_fid(evaluated, tiny_run, tmp_path):
 
 
 def test_bad_input_exits_2_with_a_useful_message(tiny_run, tmp_path, capsys):
-    missing = tmp_path / "weights" / "pt_inception-2015-12-05-6726825d.pth"
+    missing = tmp_path / "weights" / "weights-inception-2015-12-05-6726825d.pth"
     assert main(["eval", str(tiny_run), "--inception", str(missing), "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
-    assert "pt_inception-2015-12-05-6726825d.pth" in err and "download it yourself" in err
+    assert str(missing) in err and "download it yourself" in err
+    assert main(["eval", str(tiny_run)]) == 2  # no --out
+    assert "--out" in capsys.readouterr().err
     assert main(["eval", str(tiny_run), "--teacher-nfe", "1,4", "--out", str(tmp_path / "r.json")]) == 2
     assert "only odd NFE" in capsys.readouterr().err
     assert main(["eval", str(tiny_run), "--features", "nope", "--out", str(tmp_path / "r.json")]) == 2

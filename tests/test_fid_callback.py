@@ -1,6 +1,6 @@
 """FID during training: fid_1step/fid_2step in metrics.csv, a best-by-FID checkpoint, the EMA weights
-evaluated, and a sharded evaluation (each rank its share, float64 sums all-reduced) that equals the
-single-process number."""
+evaluated, and a sharded evaluation (each rank its share of the samples and of the reference, torchmetrics'
+float64 sums gathered through the strategy) that equals the single-process number."""
 
 from __future__ import annotations
 
@@ -35,10 +35,12 @@ def test_fid_is_logged_and_best_checkpoint_written(tiny_run):
 
 
 def test_logged_fid_is_the_exported_ema_students_fid(tiny_run):
-    """The last logged value, recomputed offline from the export (which holds the EMA weights)."""
+    """The last logged value, recomputed offline from the export (which holds the EMA weights), with
+    scipy's sqrtm formula on the same digits features (an implementation independent of torchmetrics)."""
+    from _frechet_reference import scipy_fd
+
     import teachers
     from distill.evaluation.metrics.extractors import build_extractor
-    from distill.evaluation.metrics.frechet import frechet_distance, gaussian_stats
     from distill.evaluation.metrics.reference import exact_samples
     from distill.export import load_student
     from distill.sampling import default_sigmas, sample
@@ -46,53 +48,51 @@ def test_logged_fid_is_the_exported_ema_students_fid(tiny_run):
     student = load_student(tiny_run)
     assert student.meta["weights"].startswith("ema_")
     ext = build_extractor("auto", student.image_shape)
-    ref = gaussian_stats(ext(exact_samples(teachers.load(student.meta["teacher"]["spec"]), 1000, 0)))
+    ref = ext(exact_samples(teachers.load(student.meta["teacher"]["spec"]), 1000, 0))
     last = fid_rows(tiny_run)[-1]
     for k in (1, 2):
         x = sample(student, 64, default_sigmas(student, k), seed=0)
-        assert frechet_distance(*gaussian_stats(ext(x)), *ref) == pytest.approx(float(last[f"fid_{k}step"]),
-                                                                                rel=1e-6)
+        assert scipy_fd(ext(x), ref) == pytest.approx(float(last[f"fid_{k}step"]), rel=1e-6)
 
 
-class ThreadAllReduce:
-    """An all-reduce (sum) between ranks running in threads: what DDP's reduce does across processes."""
+class ThreadGather:
+    """all_gather between ranks running in threads: what DDP's all_gather does across processes
+    (Lightning's strategy.all_gather stacks the ranks' tensors)."""
 
     def __init__(self, world: int):
         self.world, self.slots, self.barrier = world, [None] * world, threading.Barrier(world)
 
     def strategy(self, rank: int):
-        def reduce(t, reduce_op="sum"):
-            assert reduce_op == "sum"
+        def all_gather(t, group=None, sync_grads=False):
             self.slots[rank] = t.clone()
             self.barrier.wait()
-            total = sum(self.slots[1:], self.slots[0].clone())
+            out = torch.stack(self.slots)
             self.barrier.wait()
-            return total
+            return out
 
-        return SimpleNamespace(reduce=reduce, barrier=lambda *a: None)
+        return SimpleNamespace(all_gather=all_gather, barrier=lambda *a: None)
 
 
 def test_sharded_evaluation_equals_single_process(tiny_run):
-    from distill.evaluation.metrics.extractors import build_extractor
-    from distill.evaluation.metrics.frechet import gaussian_stats
+    import teachers
     from distill.export import load_student
     from distill.training.callbacks.fid import FIDCallback
 
     student = load_student(tiny_run)
-    ext = build_extractor("pixel", student.image_shape)  # float64-exact features (no float32 network)
-    ref = gaussian_stats(ext(torch.rand(200, 1, 8, 8) * 2 - 1))
-    module = SimpleNamespace(student=student, device=torch.device("cpu"),
+    module = SimpleNamespace(student=student, device=torch.device("cpu"), teacher=teachers.load({"name": "digits"}),
                              cfg=SimpleNamespace(student=SimpleNamespace(sigmas_2=[80.0, 2.0],
                                                                          sigmas_3=[80.0, 5.0, 0.8])))
 
     def run(world):
-        comm, results = ThreadAllReduce(world), [None] * world
+        comm, results = ThreadGather(world), [None] * world
 
         def rank_job(rank):
-            cb = FIDCallback(tiny_run, steps=(1, 2, 3), num=37, seed=5, batch_size=1)
-            cb._extractor, cb._ref = ext, ref
+            # pixel features: float64-exact (no float32 network whose bits depend on the batch);
+            # the reference: 200 exact samples, each rank adding its share in batches of 1.
+            cb = FIDCallback(tiny_run, steps=(1, 2, 3), num=37, seed=5, batch_size=1, features="pixel", ref_num=200)
             trainer = SimpleNamespace(world_size=world, global_rank=rank, callbacks=[],
                                       strategy=comm.strategy(rank))
+            cb._prepare(trainer, module)
             results[rank] = cb.compute(trainer, module)
 
         threads = [threading.Thread(target=rank_job, args=(r,)) for r in range(world)]
@@ -102,10 +102,9 @@ def test_sharded_evaluation_equals_single_process(tiny_run):
             t.join(timeout=120)
         return results
 
-    # batch_size=1 and pixel features: a float32 network's output bits depend on what else is in its
-    # batch; this leaves the sharding and the all-reduce as the only differences. The sums are reduced in
-    # another order, so FID agrees to float64 rounding amplified by the eigen-solve (~1e-9 relative seen);
-    # one sample lost or counted twice out of 37 moves it by ~1e-2.
+    # batch_size=1 and pixel features leave the sharding and the sums as the only differences. The sums are
+    # added in another order, so FID agrees to float64 rounding amplified by the eigen-solve (~1e-9 relative
+    # seen); one sample lost or counted twice out of 37 moves it by ~1e-2.
     single = run(1)[0]
     for world in (2, 3):
         for ranks in run(world):

@@ -40,14 +40,13 @@ def test_corrupt_cache_is_retrained(tmp_path, monkeypatch):
 
 def test_features_separate_real_digits_from_noise(distill_cache):
     """The feature space should see structure: FD(real, real') << FD(real, noise)."""
-    from distill.evaluation.metrics.digits_features import digits_features
-    from distill.evaluation.metrics.frechet import frechet_distance, gaussian_stats
+    from distill.evaluation.metrics.extractors import build_extractor
+    from distill.evaluation.metrics.fid import add, distance, frechet_metric
     from teachers.analytic import load_digits_array
 
-    ext = digits_features()
     x = torch.from_numpy(load_digits_array()[0]).float()
-    a, b = ext(x[::2]), ext(x[1::2])
-    noise = ext(torch.rand(800, 1, 8, 8) * 2 - 1)
-    same = frechet_distance(*gaussian_stats(a), *gaussian_stats(b))
-    other = frechet_distance(*gaussian_stats(noise), *gaussian_stats(b))
+    metric = frechet_metric(build_extractor("digits", (1, 8, 8)).module)  # as torchmetrics' feature=
+    add(metric, x[1::2], real=True)
+    same = distance(metric, x[::2])
+    other = distance(metric, torch.rand(800, 1, 8, 8) * 2 - 1)
     assert same * 20 < other

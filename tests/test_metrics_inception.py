@@ -1,5 +1,6 @@
-"""The Inception FID network's plumbing, with random weights (nothing is downloaded): the state-dict layout
-of pytorch-fid's file, the TF1 resize, 2048-d features, and a clear error when the file is missing."""
+"""torch-fidelity's Inception, loaded weights-only from a local file (random weights here, conftest's
+`inception_file`: nothing is downloaded): the state-dict layout, the TF1 and clean-fid input paths,
+torchmetrics' FID running on it, a clear error when the file is missing, a hostile pickle refused unrun."""
 
 from __future__ import annotations
 
@@ -8,70 +9,72 @@ import torch
 
 from distill.evaluation.metrics.inception import (
     WEIGHTS_FILE,
-    FIDInceptionV3,
+    CleanInceptionFeatures,
     InceptionWeightsMissing,
+    TFInceptionFeatures,
     load_inception,
-    tf1_resize_bilinear,
 )
 
 
 @pytest.fixture(scope="module")
-def weights_file(tmp_path_factory):
-    """Random weights saved as a plain state dict, as pytorch-fid's file is (BatchNorm stats made non-trivial)."""
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        net = FIDInceptionV3()
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
-    path = tmp_path_factory.mktemp("inception") / WEIGHTS_FILE
-    torch.save(state, path)
-    return path
+def extractor(inception_file):
+    from distill.evaluation.metrics.extractors import build_extractor
+
+    return build_extractor("auto", (3, 16, 16), str(inception_file))  # auto picks Inception given the file
 
 
-def test_layout_and_unchanged_blocks_match_torchvision_inception_v3():
-    """pytorch-fid loads the file into torchvision's inception_v3(num_classes=1008, aux_logits=False):
-    the same names and shapes here mean the file loads strictly. Blocks that the TF1 graph does not alter
-    (stem, B, D) compute what torchvision's compute on the same weights."""
-    from torchvision.models import inception_v3
+@pytest.fixture(scope="module")
+def net(extractor):
+    return extractor.module.net.net  # FeatureModule(TFInceptionFeatures(torch-fidelity's network))
 
-    torch.manual_seed(1)
-    tv = inception_v3(weights=None, aux_logits=False, init_weights=False, num_classes=1008).eval()
-    ours = FIDInceptionV3().eval()
-    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == \
-        {k: tuple(v.shape) for k, v in tv.state_dict().items()}
-    ours.load_state_dict(tv.state_dict())
+
+def test_loads_weights_only_into_torch_fidelitys_network(net, inception_file):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    assert isinstance(net, FeatureExtractorInceptionV3) and not net.training
+    state = torch.load(inception_file, weights_only=True)
+    assert all(torch.equal(v, state[k]) for k, v in net.state_dict().items() if k in state)
+    assert set(state) <= set(net.state_dict())
+
+
+def test_tf1_path_quantises_and_gives_2048_features(net):
+    tf = TFInceptionFeatures(net)
+    levels = torch.randint(0, 256, (1, 1, 8, 8), generator=torch.Generator().manual_seed(0))
+    grey = levels / 127.5 - 1  # exact grey levels: a PNG's values
     with torch.no_grad():
-        x = torch.randn(1, 3, 35, 35)
-        stem = lambda m: m.Conv2d_2b_3x3(m.Conv2d_2a_3x3(m.Conv2d_1a_3x3(x)))
-        assert torch.allclose(stem(ours), stem(tv))
-        h = torch.randn(1, 288, 9, 9)
-        assert torch.allclose(ours.Mixed_6a(h), tv.Mixed_6a(h), atol=1e-6)
-        h = torch.randn(1, 768, 9, 9)
-        assert torch.allclose(ours.Mixed_7a(h), tv.Mixed_7a(h), atol=1e-6)
+        f = tf(grey)
+        assert torch.equal(f, tf(grey.expand(-1, 3, -1, -1)))  # grey = three equal channels
+        assert torch.equal(f, tf(grey + 0.001))  # below half a grey level: the same uint8 image
+        u8 = levels.to(torch.uint8).expand(-1, 3, -1, -1)
+        assert torch.equal(f, net(u8)[0])  # torch-fidelity's own forward (its TF1 resize) on the PNG values
+    assert f.shape == (1, 2048) and torch.isfinite(f).all() and (f >= 0).all() and f.std() > 0
 
 
-def test_tf1_resize_has_no_half_pixel_offset():
-    x = torch.tensor([[[[0.0, 10.0]]]]).expand(1, 1, 2, 2)
-    y = tf1_resize_bilinear(x, 4)
-    # source columns 0, 0.5, 1, 1.5 -> clamped at the last pixel (torch's interpolate would give 0, 2.5, ...)
-    assert y[0, 0, 0].tolist() == [0.0, 5.0, 10.0, 10.0]
-    same = torch.randn(2, 3, 7, 7)
-    assert torch.equal(tf1_resize_bilinear(same, 7), same)
-
-
-def test_loads_with_weights_only_and_gives_2048_features(weights_file):
-    net = load_inception(weights_file)
-    assert not net.training
-    grey = torch.rand(1, 1, 8, 8) * 2 - 1
+def test_clean_path_is_the_same_network_after_the_resize(net):
+    """At 299x299 the TF1 resize is the identity, so clean-fid's path (the stages run in order from
+    (x - 128) / 128) must equal torch-fidelity's forward on the same pixels."""
+    x = torch.randint(0, 256, (1, 3, 299, 299), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        pre = net.preprocess(grey)
-        assert pre.shape == (1, 3, 299, 299) and pre.min() >= -1 and pre.max() <= 127 / 128
-        assert torch.equal(pre, net.preprocess(grey.expand(-1, 3, -1, -1)))  # grey = three equal channels
-        feats = net(grey)
-    assert feats.shape == (1, 2048) and torch.isfinite(feats).all() and (feats >= 0).all()  # post-ReLU pool
+        assert torch.allclose(CleanInceptionFeatures(net)(x.float()), net(x)[0], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="299"):
+        CleanInceptionFeatures(net)(torch.zeros(1, 3, 32, 32))
+
+
+def test_torchmetrics_fid_runs_on_it(extractor, inception_file):
+    """The extractor by name, as torchmetrics' `feature=`: FID of two small image sets is finite, and
+    a set against itself is ~0."""
+    from distill.evaluation.metrics.extractors import INCEPTION_TF1, build_extractor
+    from distill.evaluation.metrics.fid import add, distance, frechet_metric
+
+    assert extractor.name == INCEPTION_TF1 and extractor.num_features == 2048
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.rand(3, 3, 16, 16, generator=g) * 2 - 1, torch.rand(3, 3, 16, 16, generator=g) * 0.5
+    metric = frechet_metric(extractor.module)
+    add(metric, a, real=True)
+    assert distance(metric, a) == pytest.approx(0, abs=1e-3)
+    assert distance(metric, b) > 1e-2
+    with pytest.raises(ValueError, match="need images"):
+        build_extractor("inception", (2,), str(inception_file))
 
 
 def test_missing_file_names_the_expected_file(tmp_path):
@@ -82,17 +85,18 @@ def test_missing_file_names_the_expected_file(tmp_path):
     assert isinstance(err.value, FileNotFoundError)  # the CLI turns it into exit code 2
 
 
-def test_wrong_state_dict_is_refused(tmp_path):
+class Payload:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').write_text('ran')",))
+
+
+def test_wrong_or_hostile_files_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     path = tmp_path / "other.pth"
     torch.save({"conv.weight": torch.zeros(1)}, path)
     with pytest.raises(ValueError, match="not the FID Inception state dict"):
         load_inception(path)
-
-
-def test_extractor_by_name(weights_file):
-    from distill.evaluation.metrics.extractors import build_extractor
-
-    ext = build_extractor("auto", (3, 16, 16), str(weights_file))  # auto picks Inception when given the file
-    assert ext.name.startswith("inception-v3") and isinstance(ext.module, FIDInceptionV3)
-    with pytest.raises(ValueError, match="need images"):
-        build_extractor("inception", (2,), str(weights_file))
+    torch.save({"Conv2d_1a_3x3.conv.weight": Payload()}, path)  # torch-fidelity alone would unpickle this
+    with pytest.raises(ValueError, match="weights_only"):
+        load_inception(path)
+    assert not (tmp_path / "PWNED").exists()

@@ -1,11 +1,12 @@
-"""Improved precision/recall (Kynkaanniemi et al. 2019, k = 3) on sets whose answer is known."""
+"""Improved precision/recall (Kynkaanniemi et al. 2019, k = 3; torch-fidelity's, through
+distill.evaluation.evaluate.precision_recall) on sets whose answer is known."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from distill.evaluation.metrics.precision_recall import knn_radii, precision_recall
+from distill.evaluation.evaluate import precision_recall
 
 
 def gauss(n, d=4, seed=0, shift=0.0):
@@ -41,9 +42,14 @@ def test_half_covered():
     assert pr["recall"] == pytest.approx(0.5, abs=0.08) and pr["precision"] > 0.85
 
 
-def test_radii_are_kth_neighbour_distances():
-    x = torch.tensor([[0.0], [1.0], [3.0], [7.0]], dtype=torch.float64)
-    assert knn_radii(x, k=1).tolist() == [1.0, 1.0, 2.0, 4.0]
-    assert knn_radii(x, k=3).tolist() == [7.0, 6.0, 4.0, 7.0]
-    with pytest.raises(ValueError, match="k = 3"):
-        knn_radii(x[:3], k=3)
+def test_balls_reach_the_kth_neighbour_by_hand():
+    """1-d sets small enough to count by hand. Real {0, 1, 3, 7} with k = 1: radii 1, 1, 2, 4 (the nearest
+    other point), so its manifold is [-1, 5] U [3, 11]; fake {2, 6, 12, 20}: 2 and 6 fall inside (distance
+    <= radius counts), 12 and 20 do not -> precision 1/2. Fake radii (k = 1): 4, 4, 6, 8; real points inside a
+    fake ball: 0 (2 +- 4), 1, 3, 7 -> recall 1."""
+    real = torch.tensor([[0.0], [1.0], [3.0], [7.0]], dtype=torch.float64)
+    fake = torch.tensor([[2.0], [6.0], [12.0], [20.0]], dtype=torch.float64)
+    assert precision_recall(real, fake, k=1) == {"precision": 0.5, "recall": 1.0}
+    # k = 3: real radii 7, 6, 4, 7 (the third nearest other point); the ball of 7 reaches [0, 14]: 12 is
+    # inside now, 20 is not -> 3/4.
+    assert precision_recall(real, fake, k=3)["precision"] == 0.75

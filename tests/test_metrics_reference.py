@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill.evaluation.metrics.extractors import PixelFeatures, build_extractor
-from distill.evaluation.metrics.reference import check_compatible, load_stats, save_stats, stats_from_images
+from distill.evaluation.metrics.extractors import build_extractor
+from distill.evaluation.metrics.reference import check_compatible, load_stats, save_stats
 
 
 def stats(d=6, seed=0):
@@ -51,8 +51,8 @@ def test_image_array_layout(tmp_path):
     ref = load_stats(tmp_path / "samples.npz")
     assert ref.layout == "images" and ref.images.shape == (10, 1, 8, 8)
     assert ref.images.min() >= -1 and ref.images.max() <= 1
-    computed = stats_from_images(build_extractor("pixel", (1, 8, 8)), ref.images)
-    assert computed.mu.shape == (64,)
+    assert torch.equal(((ref.images + 1) * 127.5).round().permute(0, 2, 3, 1).to(torch.uint8),
+                       torch.from_numpy(imgs))  # the same pixels, mapped linearly to [-1, 1]
 
 
 def test_bad_files_are_refused_with_the_path(tmp_path):
@@ -91,8 +91,9 @@ HALVES = Halves()
 def test_extractor_by_dotted_path_and_choices():
     ext = build_extractor(f"{__name__}:Halves", (1, 8, 8))  # a class: instantiated with no arguments
     assert ext(torch.ones(3, 1, 8, 8)).tolist() == [[0.5, 0.5]] * 3
-    assert build_extractor(f"{__name__}:HALVES", (2,)).module is HALVES  # an instance: used as it is
-    assert isinstance(build_extractor("auto", (3, 32, 32)).module, PixelFeatures)  # no Inception file
+    ext = build_extractor(f"{__name__}:HALVES", (2,))
+    assert ext.module.net is HALVES and ext.num_features == 2  # an instance: used as it is, its width probed
+    assert build_extractor("auto", (3, 32, 32)).name == "pixel"  # no Inception file
     with pytest.raises(ValueError, match="cannot import"):
         build_extractor("no_such_module_x:thing", (2,))
     with pytest.raises(ValueError, match="unknown feature extractor"):

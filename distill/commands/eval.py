@@ -1,8 +1,10 @@
 """distill eval PATH [--steps 1,2,4] [--teacher-nfe 1,3,5,9,17,35] [--num 1000] [--ref FILE] --out report.json
+distill eval --images FOLDER (--ref FILE | --ref-images FOLDER) [--out fid.json]
 
 Also: --features auto|inception|digits|pixel|package.module:attr, --inception FILE (the FID network's
 weights, never downloaded), --search-sigmas (find the 2- and 3-step sampling sigmas that minimise FID
 first, and store them in student.json as the defaults of `distill sample --steps 2/3`), --teacher SPEC.
+--images: FID of any image folder by clean-fid's "clean" protocol (docs/evaluation.md).
 
 What student.json (or the .ckpt) records is data: its teacher is rebuilt from registered names only and its
 eval.features only if built in. Code it names (teacher.target, eval.features 'package.module:attr') runs
@@ -21,7 +23,10 @@ def add_parser(sub, name):
                        description="Writes report.json (DESIGN.md shape), prints it as a table, and writes "
                                    "fid_vs_nfe.png and a side-by-side picture (true samples, teacher, "
                                    "student) beside it.")
-    p.add_argument("path", help="run directory, student.safetensors or .ckpt")
+    p.add_argument("path", nargs="?", help="run directory, student.safetensors or .ckpt")
+    p.add_argument("--images", metavar="FOLDER", help="instead of PATH: FID of this image folder (clean-fid "
+                                                     "protocol) against --ref or --ref-images")
+    p.add_argument("--ref-images", metavar="FOLDER", help="with --images: the reference image folder")
     p.add_argument("--steps", default="1,2,4", help="student steps, comma-separated")
     p.add_argument("--teacher-nfe", default="1,3,5,9,17,35", help="odd NFE of the teacher's Heun sampler")
     p.add_argument("--num", type=int, default=1000)
@@ -36,12 +41,13 @@ def add_parser(sub, name):
                         "'{target: mypkg.teachers:make, width: 64}'. Needed for a teacher of your own code: "
                         "a file's metadata is never imported")
     p.add_argument("--inception", default=None, metavar="FILE",
-                   help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid's plain state dict)")
+                   help="weights-inception-2015-12-05-6726825d.pth (torch-fidelity's plain state dict, read "
+                        "weights-only; default: the torch hub cache)")
     p.add_argument("--search-sigmas", action="store_true",
                    help="search the 2- and 3-step sigmas minimising FID and write them into student.json")
     p.add_argument("--search-num", type=int, default=500, help="samples per candidate in --search-sigmas")
     p.add_argument("--batch-size", type=int, default=500)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="report.json (required with PATH)")
     return p
 
 
@@ -68,7 +74,6 @@ def build_features(args, student):
     """(extractor, reference stats or None), failing early (exit 2) on a missing file or a bad choice."""
     from distill.cli import BadInput
     from distill.evaluation.metrics.extractors import build_extractor
-    from distill.evaluation.metrics.frechet import gaussian_stats
     from distill.evaluation.metrics.reference import check_compatible, load_stats
 
     recipe_eval = (student.meta.get("recipe") or {}).get("eval") or {}
@@ -82,11 +87,11 @@ def build_features(args, student):
         extractor = build_extractor(choice, student.image_shape, inception)
         ref_path = args.ref or recipe_eval.get("ref")
         ref = load_stats(ref_path) if ref_path else None
-        if ref is not None and ref.mu is None:  # an image array: statistics in our feature space
-            ref.mu, ref.sigma = gaussian_stats(extractor(ref.images))
-            ref.pixel = gaussian_stats(ref.images.flatten(1))
-        if ref is not None:
-            check_compatible(ref, extractor.name, int(ref.mu.shape[0]), ref_path)
+        shape = tuple(student.image_shape)
+        if ref is not None and ref.images is not None and tuple(ref.images.shape[1:]) != shape:
+            raise ValueError(f"{ref_path}: images of shape {tuple(ref.images.shape[1:])}, the student makes {shape}")
+        if ref is not None:  # an image array's images become the reference side (evaluate.report)
+            check_compatible(ref, extractor.name, extractor.num_features, ref_path)
     except ValueError as err:
         raise BadInput(str(err)) from None
     return extractor, ref
@@ -137,17 +142,21 @@ def teacher_block(text: str):
 
 
 def search(args, student, extractor, ref, teacher) -> dict:
-    from distill.evaluation.metrics.frechet import gaussian_stats
+    from distill.evaluation.metrics.fid import add, frechet_metric, set_reference_stats
     from distill.evaluation.metrics.reference import exact_samples
     from distill.evaluation.schedule_search import fid_objective, search_sigmas
     from distill.export import update_sampling_sigmas
 
     meta_path = student_json_path(Path(args.path))
-    mu, sigma = (ref.mu, ref.sigma) if ref is not None else \
-        gaussian_stats(extractor(exact_samples(teacher, max(args.search_num, 1000), args.seed)))
+    metric = frechet_metric(extractor.module)
+    if ref is not None and ref.mu is not None:
+        set_reference_stats(metric, ref.mu, ref.sigma)
+    else:
+        images = ref.images if ref is not None else exact_samples(teacher, max(args.search_num, 1000), args.seed)
+        add(metric, images, real=True, batch_size=args.batch_size)
     t0 = time.perf_counter()
-    found = search_sigmas(student, fid_objective(student, extractor, mu, sigma, args.search_num,
-                                                 seed=args.seed + 10**6, batch_size=args.batch_size),
+    found = search_sigmas(student, fid_objective(student, metric, args.search_num, seed=args.seed + 10**6,
+                                                 batch_size=args.batch_size),
                           current=student.sampling_sigmas)
     record = {"features": extractor.name, "num": args.search_num, "fid": found["fid"],
               "evaluations": found["evaluations"], "seconds": round(time.perf_counter() - t0, 2)}
@@ -161,10 +170,16 @@ def search(args, student, extractor, ref, teacher) -> dict:
 
 def run(args) -> int:
     from distill.cli import BadInput
+    from distill.commands.eval_images import run_images
     from distill.evaluation.evaluate import format_table, generate, plot_fid_vs_nfe, report
     from distill.evaluation.figures import save_comparison
     from distill.evaluation.metrics.reference import exact_samples
     from distill.export import load_student
+
+    if args.images or args.ref_images:
+        return run_images(args)
+    if not args.path or not args.out:
+        raise BadInput("distill eval needs PATH and --out report.json (or --images FOLDER for a folder's FID)")
 
     steps = parse_ints(args.steps, "--steps")
     nfes = parse_ints(args.teacher_nfe, "--teacher-nfe")

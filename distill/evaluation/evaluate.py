@@ -2,9 +2,10 @@
 Heun sampler at several NFE, from the same noise.
 
 Entry fields: fd_pixel (Frechet distance of raw pixels against true samples); fid (Frechet distance in
-the named feature space, `features`); precision/recall (Kynkaanniemi et al. 2019, k = 3, in that feature
-space) when true samples are at hand; traj_rmse (RMS error of an output against the exact ODE endpoint
-from the same noise, reference solver at tight tolerance) for the 1-step student and every teacher NFE.
+the named feature space, `features`), both by torchmetrics; precision/recall (Kynkaanniemi et al. 2019,
+k = 3, in that feature space, by torch-fidelity) when reference images are at hand; traj_rmse (RMS error
+of an output against the exact ODE endpoint from the same noise, reference solver at tight tolerance) for
+the 1-step student and every teacher NFE.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from distill.evaluation.metrics.frechet import frechet_distance, gaussian_stats
 from distill.evaluation.metrics.reference import ReferenceStats, exact_samples
 from distill.math.solvers import edm_sampler, reference_solution, teacher_sigmas
 from distill.sampling import consistency_sample, per_sample_noise, snap_to_training_levels
@@ -78,51 +78,83 @@ def generate(student, teacher, *, steps: Sequence[int], teacher_nfe: Sequence[in
             "reference": cat(out["reference"]), "labels": labels_all, "sigmas": sigmas_by_step}
 
 
+def reference_metric(extractor, images=None, stats=None, features=None):
+    """torchmetrics' FID over features given to it (`GivenFeatures`), its reference side from `stats`
+    ((mu, sigma) of a file) or else from `features` (extracted beforehand) or `images`."""
+    from distill.evaluation.metrics.fid import GivenFeatures, add, frechet_metric, set_reference_stats
+
+    metric = frechet_metric(GivenFeatures(extractor.num_features))
+    if stats is not None:
+        set_reference_stats(metric, *stats)
+    else:
+        add(metric, features if features is not None else extractor(images), real=True)
+    return metric
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict[str, float]:
+    """Improved precision/recall (Kynkaanniemi et al. 2019) by torch-fidelity: each set's manifold is the
+    union of balls reaching every point's k-th nearest neighbour in its set; precision = share of `fake`
+    inside the real manifold, recall = share of `real` inside the generated one."""
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    out = prc_features_to_metric(fake, real, prc_neighborhood=k, save_cpu_ram=True, verbose=False)
+    # Both are shares of points, averaged in float32 there: back to the exact fraction count / N.
+    return {"precision": round(out["precision"] * len(fake)) / len(fake),
+            "recall": round(out["recall"] * len(real)) / len(real)}
+
+
 def report(samples: dict, reference_images: torch.Tensor | None, reference_name: str, *, extractor=None,
            ref_stats: ReferenceStats | None = None, pr_k: int | None = 3) -> dict:
     """report.json's shape from generated samples and the reference.
 
     `extractor` (distill.evaluation.metrics.extractors.Extractor; None = pixels) names the FID feature space.
     `ref_stats` (from --ref) replaces the statistics of `reference_images` in that space; its pixel
-    statistics, when recorded, serve fd_pixel. precision/recall need `reference_images` (k-NN manifolds).
+    statistics, when recorded, serve fd_pixel when `reference_images` is None. precision/recall need reference
+    images (k-NN manifolds): `reference_images`, else the images of an image-array `ref_stats`.
     """
-    if extractor is None:
-        from distill.evaluation.metrics.extractors import Extractor, PixelFeatures
+    from distill.evaluation.metrics.extractors import build_extractor
+    from distill.evaluation.metrics.fid import distance
 
-        extractor = Extractor(PixelFeatures(), "pixel")
-    pixel_ref = gaussian_stats(reference_images.flatten(1)) if reference_images is not None else \
-        (ref_stats.pixel if ref_stats is not None else None)
-    ref_feats = extractor(reference_images) if reference_images is not None else None
+    ref_end = samples["reference"]
+    shape = next(iter(samples["student"].values()), ref_end).shape[1:]
+    extractor = extractor or build_extractor("pixel", shape)
+    pixels = build_extractor("pixel", shape)
+    # FID's reference: --ref when given (statistics or images), else the true samples. fd_pixel and
+    # precision/recall need images: the true samples when at hand, else --ref's (or its pixel statistics).
+    given = ref_stats.images if ref_stats is not None else None
+    ref_images = reference_images if reference_images is not None else given
+    ref_feats = extractor(ref_images) if ref_images is not None else None
     if ref_stats is not None and ref_stats.mu is not None:
-        feat_ref = (ref_stats.mu, ref_stats.sigma)
+        fid = reference_metric(extractor, stats=(ref_stats.mu, ref_stats.sigma))
+    elif given is not None:
+        fid = reference_metric(extractor, features=ref_feats if ref_images is given else extractor(given))
     elif ref_feats is not None:
-        feat_ref = gaussian_stats(ref_feats)
+        fid = reference_metric(extractor, features=ref_feats)
     else:
         raise ValueError("no reference: give true samples or reference statistics (--ref FILE)")
-    ref_end = samples["reference"]
+    pixel = reference_metric(pixels, ref_images) if ref_images is not None else \
+        (reference_metric(pixels, stats=ref_stats.pixel) if ref_stats is not None and ref_stats.pixel else None)
 
     def row(x, with_traj):
         entry = {}
-        if pixel_ref is not None:
-            entry["fd_pixel"] = frechet_distance(*gaussian_stats(x.flatten(1)), *pixel_ref)
+        if pixel is not None:
+            entry["fd_pixel"] = distance(pixel, pixels(x))
         feats = extractor(x)
-        entry["fid"] = frechet_distance(*gaussian_stats(feats), *feat_ref)
-        if pr_k and ref_feats is not None:
-            from distill.evaluation.metrics.precision_recall import precision_recall
-
+        entry["fid"] = distance(fid, feats)
+        if pr_k and ref_feats is not None and min(len(ref_feats), len(feats)) > pr_k:
             entry.update(precision_recall(ref_feats, feats, k=pr_k))
         if with_traj and ref_end is not None:
             entry["traj_rmse"] = rms(x, ref_end)
         return entry
 
     num = next(iter(samples["student"].values()), ref_end).shape[0]
+    described = ref_stats is not None and (ref_stats.mu is not None or ref_stats.images is not None)
     return {
         "student": {str(k): row(x, k == 1) for k, x in samples["student"].items()},
         "teacher": {str(n): row(x, True) for n, x in samples["teacher"].items()},
         "num_samples": int(num),
         "features": extractor.name,
-        "reference": ref_stats.description if ref_stats is not None and ref_stats.mu is not None
-        else reference_name,
+        "reference": ref_stats.description if described else reference_name,
         "student_sigmas": {str(k): list(map(float, v)) for k, v in samples["sigmas"].items()},
     }
 

@@ -52,9 +52,10 @@ def scan_then_refine(f: Callable[[float], float], lo: float, hi: float, points: 
     return (x, fx) if fx <= vals[i] else (float(grid[i]), vals[i])
 
 
-def fid_objective(student, extractor, ref_mu, ref_sigma, num: int, seed: int = 0, batch_size: int = 500):
-    """schedule (list of sigmas, first = sigma_max) -> FID of `num` student samples (fixed seeds)."""
-    from distill.evaluation.metrics.frechet import frechet_distance, gaussian_stats
+def fid_objective(student, metric, num: int, seed: int = 0, batch_size: int = 500):
+    """schedule (list of sigmas, first = sigma_max) -> FID of `num` student samples (fixed seeds), by
+    `metric` (distill.evaluation.metrics.fid: torchmetrics' FID, its reference side already set)."""
+    from distill.evaluation.metrics.fid import distance
     from distill.sampling import sample
 
     cache: dict[tuple, float] = {}
@@ -63,7 +64,7 @@ def fid_objective(student, extractor, ref_mu, ref_sigma, num: int, seed: int = 0
         key = tuple(round(float(s), 6) for s in sigmas)
         if key not in cache:
             x = sample(student, num, list(key), seed=seed, batch_size=batch_size)
-            cache[key] = frechet_distance(*gaussian_stats(extractor(x)), ref_mu, ref_sigma)
+            cache[key] = distance(metric, x, batch_size)
         return cache[key]
 
     f.cache = cache

@@ -1,8 +1,5 @@
-"""Sample-quality metrics: Frechet distances of features (FID), feature extractors, reference statistics,
-improved precision/recall. Heavy pieces (Inception, the digits classifier) are imported where used."""
-
-from distill.evaluation.metrics.frechet import frechet_distance, gaussian_stats
-from distill.evaluation.metrics.precision_recall import precision_recall
-from distill.evaluation.metrics.stats import FeatureStats
-
-__all__ = ["FeatureStats", "frechet_distance", "gaussian_stats", "precision_recall"]
+"""Sample-quality metrics. Frechet distances through torchmetrics (fid.py), Inception from torch-fidelity
+(inception.py), precision/recall from torch-fidelity, image folders through clean-fid (folders.py); the
+project keeps only what no library has: the digits classifier (digits_features.py), pixel features and the
+extractor registry (extractors.py), and readers of reference-statistics layouts (reference.py). Heavy pieces
+are imported where used."""

@@ -6,8 +6,9 @@ Computed from a data set or, for an analytic teacher, from its exact samples, an
 - NVlabs EDM (`fid.py ref`): `mu`, `sigma` of 2048-d Inception pool3 features (also pytorch-fid, clean-fid);
 - OpenAI ADM's evaluator reference batches: `mu`, `sigma` (pool3) beside `mu_s`, `sigma_s` (spatial
   features, unused here) and the images in `arr_0`;
-- a bare image array `arr_0` (uint8 NHWC, as `distill sample --out x.npz` writes): statistics are then
-  computed from the images with the chosen extractor.
+- clean-fid's statistics files: `mu`, `sigma` of pool3 features after its "clean" resize;
+- a bare image array `arr_0` (uint8 NHWC, as `distill sample --out x.npz` writes): the images themselves
+  become the reference side, in the chosen extractor's space.
 Loaded with allow_pickle=False: an .npz holding objects is refused, not unpickled.
 """
 
@@ -18,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from distill.evaluation.metrics.frechet import gaussian_stats
 
 
 @dataclass
@@ -73,7 +72,8 @@ def load_stats(path) -> ReferenceStats:
 
 
 def check_compatible(ref: ReferenceStats, extractor_name: str, dim: int, path) -> None:
-    """Refuse statistics from another feature space: the FID would be silently meaningless."""
+    """Refuse statistics from another feature space (`dim`: the extractor's width): the FID would be
+    silently meaningless."""
     if ref.mu is not None and ref.mu.shape[0] != dim:
         raise ValueError(f"{path}: reference statistics are {ref.mu.shape[0]}-d, the {extractor_name} "
                          f"features are {dim}-d; compute the statistics with the same extractor")
@@ -89,9 +89,3 @@ def exact_samples(teacher, num: int, seed: int) -> torch.Tensor:
                          "(--ref FILE or eval.ref)")
     return teacher.sample(num, torch.Generator().manual_seed(seed + 0x5EED))
 
-
-def stats_from_images(extractor, images: torch.Tensor, with_pixel: bool = True) -> ReferenceStats:
-    feats = extractor(images)
-    mu, sigma = gaussian_stats(feats)
-    pixel = gaussian_stats(images.flatten(1)) if with_pixel else None
-    return ReferenceStats(mu, sigma, extractor.name, f"{images.shape[0]} images", "distill", pixel)

@@ -4,10 +4,12 @@ Evaluated with the first EMA rate's weights when StudentEMA runs (the averages a
 what the CM paper evaluates), every `eval.every_n_steps` optimizer steps and at the end of training.
 Nothing runs between those steps, so the hot loop never waits on the device for this callback.
 
-Under DDP each rank generates a contiguous share of the `eval.num` samples; sample i always uses seed
-run.seed + i (distill/sampling.py), and the feature statistics are float64 sums all-reduced across ranks
-(distill/evaluation/metrics/stats.py), so every rank gets the number a single process would, and every rank makes
-the same "best" decision before the (collective) checkpoint save.
+The metric is torchmetrics' FrechetInceptionDistance with the extractor's module as `feature=` (the digits
+classifier, pixels, torch-fidelity's Inception). Under DDP each rank generates a contiguous share of the
+`eval.num` samples (and adds a share of the reference images); sample i always uses seed run.seed + i
+(distill/sampling.py), and torchmetrics adds the ranks' float64 sums up inside compute(), so every rank gets
+the number a single process would, and every rank makes the same "best" decision before the (collective)
+checkpoint save.
 Metrics go straight to the run's logger (metrics.csv) as fid_<k>step at the current step: logging
 through `pl_module.log` would only reach the file on `log_every_n_steps` boundaries.
 """
@@ -38,8 +40,7 @@ class FIDCallback(L.Callback):
         self.best: float = math.inf
         self.history: list[dict] = []
         self._last_step = -1
-        self._extractor = None
-        self._ref = None  # (mu, sigma) in the extractor's space
+        self._metric = None  # torchmetrics' FID: the feature module, the reference side (this rank's share)
 
     @classmethod
     def from_config(cls, cfg, run_dir) -> FIDCallback:
@@ -59,12 +60,16 @@ class FIDCallback(L.Callback):
         self.best = float(state_dict.get("best", math.inf))
         self.history = list(state_dict.get("history", []))
 
-    # -- setup: the extractor and the reference statistics, once per fit ----------------------------------
+    # -- setup: the metric (feature module + reference side), once per fit -------------------------------
     def _prepare(self, trainer, pl_module):
         from distill.evaluation.metrics.extractors import build_extractor
-        from distill.evaluation.metrics.frechet import gaussian_stats
+        from distill.evaluation.metrics.fid import add, frechet_metric, set_reference_stats
         from distill.evaluation.metrics.reference import check_compatible, exact_samples, load_stats
 
+        if not self.ref and not hasattr(pl_module.teacher, "sample"):
+            log.warning("FID during training is off: the teacher has no exact samples; set eval.ref to an "
+                        ".npz of reference statistics")
+            return
         shape = pl_module.student.image_shape
         # Rank 0 first: the digits classifier may need training and caching; the others then read the cache.
         if trainer.global_rank == 0:
@@ -72,20 +77,21 @@ class FIDCallback(L.Callback):
         trainer.strategy.barrier("fid-extractor")
         if trainer.global_rank != 0:
             extractor = build_extractor(self.features, shape, self.inception_path)
-        extractor.to(pl_module.device)
+        # torchmetrics allocates its D x D sums here: only once a reference exists (pixels of a 256 px
+        # student would be 196,608-d).
+        metric = frechet_metric(extractor.module, **strategy_sync(trainer)).to(pl_module.device)
+        rank, world = trainer.global_rank, trainer.world_size
         if self.ref:
             stats = load_stats(self.ref)
-            if stats.mu is None:  # an image array: statistics from its images
-                stats.mu, stats.sigma = gaussian_stats(extractor(stats.images))
-            check_compatible(stats, extractor.name, int(stats.mu.shape[0]), self.ref)
-            ref = (stats.mu, stats.sigma)
-        elif hasattr(pl_module.teacher, "sample"):
-            ref = gaussian_stats(extractor(exact_samples(pl_module.teacher, self.ref_num, self.seed)))
+            if stats.mu is None:  # an image array: its images are the reference side, each rank a share
+                add(metric, share(stats.images, rank, world), real=True, batch_size=self.batch_size)
+            else:
+                check_compatible(stats, extractor.name, extractor.num_features, self.ref)
+                set_reference_stats(metric, stats.mu, stats.sigma, rank)
         else:
-            log.warning("FID during training is off: the teacher has no exact samples; set eval.ref to an "
-                        ".npz of reference statistics")
-            return
-        self._extractor, self._ref = extractor, ref
+            ref = exact_samples(pl_module.teacher, self.ref_num, self.seed)
+            add(metric, share(ref, rank, world), real=True, batch_size=self.batch_size)
+        self._metric = metric
 
     def on_fit_start(self, trainer, pl_module):
         self._prepare(trainer, pl_module)
@@ -105,8 +111,7 @@ class FIDCallback(L.Callback):
     def compute(self, trainer, pl_module) -> dict[str, float]:
         """{"fid_<k>step": value} over all ranks' samples; every rank must call it (collective)."""
         from distill.evaluation.evaluate import sigmas_for_steps
-        from distill.evaluation.metrics.frechet import frechet_distance
-        from distill.evaluation.metrics.stats import FeatureStats
+        from distill.evaluation.metrics.fid import distance
         from distill.sampling import sample
 
         student = self._eval_student(trainer, pl_module)
@@ -114,19 +119,13 @@ class FIDCallback(L.Callback):
         start, stop = rank * self.num // world, (rank + 1) * self.num // world
         out = {}
         for k in self.steps:
-            stats = FeatureStats()
             x = sample(student, stop - start, sigmas_for_steps(student, k), seed=self.seed + start,
-                       batch_size=self.batch_size) if stop > start else None
-            if x is not None:
-                stats.update(self._extractor(x).to(pl_module.device))
-            else:  # a rank with no share still joins the all-reduce with zeros
-                stats.update(torch.zeros(0, len(self._ref[0]), device=pl_module.device))
-            stats.all_reduce(lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
-            out[f"fid_{k}step"] = frechet_distance(*stats.mu_sigma(), *self._ref)
+                       batch_size=self.batch_size) if stop > start else torch.zeros(0, *student.image_shape)
+            out[f"fid_{k}step"] = distance(self._metric, x, self.batch_size)  # a rank with no share joins
         return out
 
     def evaluate(self, trainer, pl_module) -> None:
-        if self._extractor is None or self.num < 2:
+        if self._metric is None or self.num < 2:
             return
         step = trainer.global_step
         t0 = time.perf_counter()
@@ -152,3 +151,15 @@ class FIDCallback(L.Callback):
     def on_train_end(self, trainer, pl_module):
         if trainer.global_step != self._last_step:
             self.evaluate(trainer, pl_module)
+
+
+def share(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """This rank's contiguous share of x (torchmetrics adds the ranks' sums up)."""
+    return x[rank * len(x) // world:(rank + 1) * len(x) // world]
+
+
+def strategy_sync(trainer) -> dict:
+    """torchmetrics' sync through Lightning's strategy (DDP, FSDP, ... alike): its all_gather stacks the
+    ranks' tensors, torchmetrics sums them."""
+    return {"dist_sync_fn": lambda t, group=None: list(trainer.strategy.all_gather(t)),
+            "distributed_available_fn": lambda: trainer.world_size > 1}
