@@ -16,6 +16,7 @@ import torch
 
 from distill.api import Student  # the ConsistencyStudent with sample/edit methods that users hold
 from distill.math.precond import ConsistencyStudent
+from distill.methods.lcm import build_boundary
 from teachers.feeding import build_feeding
 from teachers.networks import build_network
 
@@ -56,7 +57,16 @@ def student_metadata(cfg, teacher, student: ConsistencyStudent) -> dict[str, Any
                             "2": [student.sigma_max] + list(recipe["student"]["sigmas_2"][1:]),
                             "3": [student.sigma_max] + list(recipe["student"]["sigmas_3"][1:])},
         "reference_stats": None,
+        **boundary_metadata(student),
     }
+
+
+def boundary_metadata(student) -> dict[str, Any]:
+    """LCM students (distill/methods/lcm.py): their boundary and LCMScheduler's sigmas for 1..8 steps."""
+    boundary = getattr(student, "boundary", None)
+    if boundary is None:
+        return {}
+    return {"boundary": boundary.spec(), "sampling_sigmas": boundary.sampling_sigmas(student.feeding.sigmas)}
 
 
 def rebuild_student(meta: dict[str, Any]) -> ConsistencyStudent:
@@ -64,7 +74,8 @@ def rebuild_student(meta: dict[str, Any]) -> ConsistencyStudent:
     net = build_network(net_spec.pop("name"), **net_spec)
     student = Student(net, build_feeding(meta["feeding"]), sigma_min=meta["sigma_min"],
                       sigma_max=meta["sigma_max"], sigma_data=meta["sigma_data"],
-                      image_shape=tuple(meta["image_shape"]), num_classes=meta["num_classes"])
+                      image_shape=tuple(meta["image_shape"]), num_classes=meta["num_classes"],
+                      boundary=build_boundary(meta.get("boundary")))
     student.sampling_sigmas = meta.get("sampling_sigmas", {})
     student.meta = meta
     return student
