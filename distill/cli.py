@@ -19,6 +19,7 @@ COMMANDS = {
     "bench": "distill.commands.bench",
     "shards": "distill.commands.shards",
     "train-teacher": "distill.commands.train_teacher",
+    "export": "distill.commands.export",
 }
 
 

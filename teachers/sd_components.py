@@ -21,7 +21,7 @@ from teachers.registry import TeacherSpecError
 
 # Stable Diffusion's DDPM schedule (its scheduler_config.json), the default for a folder without one.
 SD_SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                    prediction_type="epsilon")
+                    prediction_type="epsilon", clip_sample=False)
 
 
 @dataclass

@@ -14,7 +14,6 @@ diffusers, transformers and peft are optional (the `latent` extra) and imported 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -41,7 +40,10 @@ def guidance_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
     """(B,) -> (B, dim): sin/cos of 1000 w at frequencies 10000^(-i / (dim/2 - 1)) (VDM's embedding, as
     diffusers' LCM pipelines compute `get_guidance_scale_embedding`); an odd dim gets one zero column."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=w.device) / (half - 1))
+    # In float32 and in this order, as the pipelines compute it: sin(1000 w f) at 14000 radians is sensitive
+    # to the last bit of f.
+    step = torch.log(torch.tensor(10000.0)) / (half - 1)
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32) * -step).to(w.device)
     angles = (1000.0 * w.float())[:, None] * freqs[None, :]
     emb = torch.cat([angles.sin(), angles.cos()], dim=1)
     return nn.functional.pad(emb, (0, dim % 2))
