@@ -102,8 +102,8 @@ def export_diffusers(student, out: str | Path) -> Path:
         else:
             net.unet.save_pretrained(str(tmp / "unet"), safe_serialization=True)
             usage = USAGE_FULL
-        text = usage.format(pipeline=pipeline.__name__, out=out, scale=json.dumps(spec.get("scale", "see student.json"), default=str))
-        (tmp / "README.md").write_text(text)
+        scale = json.dumps(spec.get("scale", "see student.json"), default=str)
+        (tmp / "README.md").write_text(usage.format(pipeline=pipeline.__name__, out=out, scale=scale))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
