@@ -63,7 +63,7 @@ def costs(name: str):
 
 
 def main(batch: int = 96, peak: float = 312e12, utilisation: float = 0.4) -> None:
-    print("per image: UNet forward, VAE encode, text; step = 4F (teacher x2, target) + student (3F full, 2F LoRA)")
+    print("per image: UNet forward, VAE encode, text; step = 3F (teacher x2, target) + student (3F full, 2F LoRA)")
     for name, recipes in (("sd15", [("sd15_lcm", 3, 4000), ("sd15_lcm_lora", 2, 1000)]),
                           ("sdxl", [("sdxl_lcm_lora", 2, 1000)])):
         unet_f, vae_f, text_f, params = costs(name)
