@@ -82,3 +82,31 @@ def test_a_short_lcm_distillation_lowers_the_loss(tmp_path):
     assert after < 0.9 * before, (before, after)  # measured: 0.101 -> 0.079
     trained = [n for n, p in module.student.net.named_parameters() if p.requires_grad]
     assert trained and all("lora_" in n for n in trained)  # LCM-LoRA: the base UNet stays the teacher's
+
+
+@pytest.mark.parametrize("latents", [False, True])
+def test_caption_shards_carry_images_or_latents_with_their_captions(tmp_path, latents):
+    from _latent import pipeline_folder
+
+    import teachers
+    from distill.cli import main as distill_main
+    from distill.data.webdataset_source import ShardSamples, _collate
+
+    folder = caption_folder(tmp_path / "caps", count=5)
+    extra = ["--latents", str(pipeline_folder("sd"))] if latents else ["--captions"]
+    assert distill_main(["shards", str(folder), str(tmp_path / "shards"), "--shard-size", "3", *extra]) == 0
+    urls = sorted(str(p) for p in (tmp_path / "shards").glob("*.tar"))
+    assert len(urls) == 2
+    teacher = teachers.load({"name": "diffusers_latent", "path": str(pipeline_folder("sd"))})
+    samples = ShardSamples(urls, teacher.data_shape, resampled=False, shuffle_buffer=0, captions=True,
+                           latent_shape=teacher.image_shape)
+    x, texts = _collate(list(samples))
+    assert texts == [f"a {c} square {i}" for i, c in enumerate(["red", "green", "blue", "grey", "red"])]
+    if latents:  # what encoding on the fly gives, to float16
+        from distill.data.captions import load_caption_folder
+
+        pixels = load_caption_folder(folder, teacher.data_shape)[0]
+        assert x.shape == (5, 4, 8, 8)
+        assert torch.allclose(x, teacher.encode_pixels(pixels), rtol=2e-3, atol=2e-3)
+    else:
+        assert x.shape == (5, 3, 16, 16)

@@ -15,6 +15,12 @@ def add_parser(sub, name):
     p.add_argument("out", help="output folder (created)")
     p.add_argument("--shard-size", type=int, default=10000, help="samples per shard (default 10000)")
     p.add_argument("--prefix", default="shard", help="shard file name prefix (default 'shard')")
+    p.add_argument("--captions", action="store_true",
+                   help="SRC is a caption folder (each image with a .txt): shards hold KEY.<image> + KEY.txt")
+    p.add_argument("--latents", metavar="PIPELINE", default=None,
+                   help="with a caption folder: encode the images once with this Stable Diffusion pipeline "
+                        "folder's VAE (its scaling_factor applied); shards hold KEY.npy (float16) + KEY.txt")
+    p.add_argument("--resolution", type=int, default=None, help="pixel size for --latents (default: the UNet's)")
     return p
 
 
@@ -26,8 +32,21 @@ def run(args) -> int:
         raise FileNotFoundError(f"{args.src}: no such folder or zip file")
     if args.shard_size < 1:
         raise BadInput(f"--shard-size must be a positive number of samples, got {args.shard_size}")
-    paths = write_shards(args.src, args.out, args.shard_size, args.prefix)
+    if args.captions or args.latents:
+        paths = caption_shards(args)
+    else:
+        paths = write_shards(args.src, args.out, args.shard_size, args.prefix)
     last = len(paths) - 1
     print(f"wrote {len(paths)} shards to {args.out}; train with data.name=webdataset "
           f"data.path='{Path(args.out) / args.prefix}-{{000000..{last:06d}}}.tar'")
     return 0
+
+
+def caption_shards(args):
+    import teachers
+    from distill.data.shards import write_caption_shards
+
+    teacher = None
+    if args.latents:
+        teacher = teachers.load({"name": "diffusers_latent", "path": args.latents, "resolution": args.resolution})
+    return write_caption_shards(args.src, args.out, args.shard_size, args.prefix, teacher=teacher)

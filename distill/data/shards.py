@@ -2,6 +2,8 @@
 
 Each sample is `KEY.<ext>` (the original bytes, not re-encoded) and, when labelled, `KEY.cls`; keys are
 running numbers, because webdataset splits a file name at its first dot to find the key.
+Caption folders (images with a .txt each, distill/data/captions.py) give `KEY.<ext>` + `KEY.txt`, or, with a
+latent teacher, `KEY.npy` (its VAE's latents, float16, encoded once here) + `KEY.txt`.
 """
 
 from __future__ import annotations
@@ -30,4 +32,40 @@ def write_shards(src: str | Path, out: str | Path, shard_size: int, prefix: str 
             count += 1
     if count == 0:
         raise FileNotFoundError(f"{src}: no images (png, jpg, webp, ...) to write")
+    return sorted(out.glob(f"{prefix}-*.tar"))
+
+
+def write_caption_shards(src: str | Path, out: str | Path, shard_size: int, prefix: str = "shard", teacher=None,
+                         batch_size: int = 16) -> list[Path]:
+    """Shards of a caption folder: image bytes + caption, or (with `teacher`) VAE latents + caption."""
+    import io
+
+    import numpy as np
+    import torch
+    import webdataset as wds
+
+    from distill.data.captions import caption_pairs
+    from distill.data.images import decode_image
+
+    if shard_size < 1:
+        raise ValueError(f"--shard-size must be positive, got {shard_size}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pairs = list(caption_pairs(src))
+    with wds.ShardWriter(str(out / f"{prefix}-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            latents = None
+            if teacher is not None:
+                pixels = torch.stack([decode_image(p.read_bytes(), teacher.data_shape) for _, p, _ in chunk])
+                latents = teacher.encode_pixels(pixels).to(torch.float16).cpu().numpy()
+            for j, (_, path, text) in enumerate(chunk):
+                sample = {"__key__": f"{start + j:09d}", "txt": text.encode("utf-8")}
+                if latents is None:
+                    sample[path.suffix[1:].lower()] = path.read_bytes()
+                else:
+                    buf = io.BytesIO()
+                    np.save(buf, latents[j], allow_pickle=False)
+                    sample["npy"] = buf.getvalue()
+                sink.write(sample)
     return sorted(out.glob(f"{prefix}-*.tar"))
