@@ -51,6 +51,7 @@ def test_clip_score_is_100_times_the_cosine(tiny_clip):
     assert clip_score(images, captions, clip) == pytest.approx(float((100 * cos).clamp_min(0).mean()), rel=1e-4)
 
 
+@pytest.mark.slow  # a smoke fit and the evaluation: ~25 s on an idle 2-core machine
 def test_eval_captions_reports_fid_and_clip_score_for_student_and_teacher(tmp_path, tiny_clip, capsys):
     run = tmp_path / "run"
     assert distill_main(["fit", str(RECIPES / "sd15_lcm_lora.yaml"), "run.smoke=true", f"run.dir={run}"]) == 0

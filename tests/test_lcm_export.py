@@ -105,7 +105,14 @@ def test_lcm_schedule_and_scalings_are_lcmschedulers():
         assert torch.allclose(guidance_embedding(w, dim), ref, atol=1e-6)
 
 
-def test_export_refuses_other_students_and_non_empty_folders(tiny_run, run_cli, tmp_path):
-    proc = run_cli("export", tiny_run, "--diffusers", tmp_path / "out")
-    assert proc.returncode == 2 and "latent consistency students" in proc.stderr
-    assert not (tmp_path / "out").exists()
+def test_export_refuses_other_students_and_non_empty_folders(tiny_run, tmp_path, capsys):
+    from distill.cli import main as distill_main
+
+    assert distill_main(["export", str(tiny_run), "--diffusers", str(tmp_path / "out")]) == 2
+    assert "latent consistency students" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    _, student = perturbed_student(lcm_config("sd", "lora"))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        export_diffusers(student, tmp_path / "full")
+    assert [p.name for p in tmp_path.iterdir()] == ["full"]  # nothing half-written beside it

@@ -105,6 +105,18 @@ def discrete_sigmas(teacher, method: str):
     return table
 
 
+def timestep_pairs(teacher, m, sigma_min: float, sigma_max: float):
+    """LCM's pairs on the teacher's own timesteps, `method.skip` apart, inside the student's sigma range."""
+    import torch
+
+    pairs = C.TimestepPairs(torch.as_tensor(discrete_sigmas(teacher, m.name)), m.skip)
+    lo, hi = float(pairs.sigmas[0]), float(pairs.sigmas[pairs.starts].max())
+    if lo < sigma_min * (1 - 1e-9) or hi > sigma_max * (1 + 1e-9):
+        raise ValueError(f"method.name={m.name}: the teacher's timesteps span sigma [{lo:g}, {hi:g}], beyond the "
+                         f"student's [{sigma_min:g}, {sigma_max:g}]; widen student.sigma_min / student.sigma_max")
+    return pairs
+
+
 def boundary_for(cfg, teacher):
     """The student's boundary scalings for this method: None (CM paper) or LCM's (distill/methods/lcm.py)."""
     method = METHODS[cfg.method.name]
@@ -137,13 +149,8 @@ def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
     total = m.total_steps or cfg.trainer.max_steps  # K of the curricula
     levels = _levels(curriculum, m, total)
     if curriculum == "timesteps":
-        pairs = C.TimestepPairs(torch.as_tensor(discrete_sigmas(teacher, m.name)), m.skip)
+        pairs = timestep_pairs(teacher, m, sigma_min, sigma_max)
         levels = lambda k, n=pairs.levels: n
-        used = pairs.sigmas[pairs.starts]
-        if float(pairs.sigmas[0]) < sigma_min * (1 - 1e-9) or float(used.max()) > sigma_max * (1 + 1e-9):
-            raise ValueError(f"method.name={m.name}: the teacher's timesteps span sigma [{float(pairs.sigmas[0]):g}, "
-                             f"{float(used.max()):g}], beyond the student's [{sigma_min:g}, {sigma_max:g}]; "
-                             "widen student.sigma_min / student.sigma_max")
     elif curriculum == "ect":
         pairs = C.ECTPairs(sigma_min, sigma_max, m.ect_stage_steps or max(total // 8, 1), m.ect_q, m.ect_k,
                            m.ect_b, m.p_mean, m.p_std)
