@@ -362,8 +362,9 @@ def apply_smoke(data: dict) -> dict:
     # (Copies of every smoke teacher family are tested against the teacher in tests/test_teachers_*.py.)
     smoke.setdefault("student", {})["network"] = net
     student = smoke["student"]
-    # Adapters (LoRA, a guidance embedding) are added to the teacher's own network: keep the copy.
-    if not (student.get("lora_rank") or student.get("guidance_embedding")):
+    # LCM parameterises the teacher's own network, and adapters (LoRA, a guidance embedding) extend it: keep the copy.
+    keep = student.get("lora_rank") or student.get("guidance_embedding") or smoke.get("method", {}).get("name") == "lcm"
+    if not keep:
         student["init"] = "network"
     return smoke
 

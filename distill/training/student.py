@@ -6,6 +6,7 @@ import copy
 import inspect
 
 from distill.math.precond import ConsistencyStudent
+from distill.methods.plan import boundary_for
 from teachers.base import BackboneFeeding
 from teachers.networks import _NETWORKS, _import_all, build_network
 
@@ -61,11 +62,13 @@ def build_student(cfg, teacher) -> ConsistencyStudent:
         net = build_network(**network_spec_for(network, teacher))
         feeding = BackboneFeeding(teacher.sigma_data)
     net = with_adapters(net, cfg.student)
-    from distill.methods.plan import boundary_for
-
+    boundary = boundary_for(cfg, teacher)
+    if boundary is not None and not hasattr(feeding, "timestep"):
+        raise ValueError(f"method.name={cfg.method.name} parameterises a copy of the teacher's discrete-time network "
+                         "(LCMScheduler's scalings act on its timestep): set student.init=teacher")
     return ConsistencyStudent(net, feeding, sigma_min=sigma_min, sigma_max=sigma_max,
                               sigma_data=teacher.sigma_data, image_shape=teacher.image_shape,
-                              num_classes=getattr(teacher, "num_classes", 0), boundary=boundary_for(cfg, teacher))
+                              num_classes=getattr(teacher, "num_classes", 0), boundary=boundary)
 
 
 def with_adapters(net, student_cfg):
