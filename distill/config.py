@@ -81,12 +81,17 @@ class StudentConfig:
     denoiser_steps: int = 0
     compile: bool = False
     checkpointing: bool = False
+    # Latent consistency students of a diffusers UNet2DConditionModel teacher (distill/methods/lcm.py):
+    guidance_embedding: int = 0  # > 0: the student reads w through an embedding of this size (LCM full)
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank only (LCM-LoRA); the base stays frozen
+    lora_alpha: float | None = None  # None: = lora_rank (scale 1)
+    lora_targets: list[str] | None = None  # None: the modules diffusers' LCM-LoRA scripts adapt
 
 
 @dataclass
 class MethodConfig:
     name: str = "cd"
-    solver: str = "heun"  # teacher ODE step that builds the CD target
+    solver: str = "heun"  # teacher ODE step that builds the CD target (ddim: Euler in sigma, as LCM)
     N: int = 18  # number of levels of the Karras grid (CM paper, Alg. 2); with continuous pairs: sets the gap
     # continuous: the pair's position is drawn anywhere along the Karras curve (the student works at every sigma);
     # grid: the paper's N discrete levels only (sampling then snaps to them). distill/methods/curriculum.py.
@@ -100,6 +105,7 @@ class MethodConfig:
     skip: int = 1
     # Curricula (distill/methods/curriculum.py), functions of the global step; auto: the method's own.
     curriculum: str = "auto"  # fixed (N) | ct (CM app. C) | ict (doubling, iCT eq. 8) | ect (ECT r(t))
+    # | timesteps (LCM: the teacher's own timesteps, `skip` apart)
     mu_schedule: str = "auto"  # fixed (mu) | adaptive (CM app. C: exp(s0 ln mu0 / N(k))) | none (stop-grad)
     mu0: float = 0.9  # adaptive mu's rate at N = s0 (CM paper, CIFAR-10 CT)
     s0: int | None = None  # N(k) from s0 + 1 ...; None: the paper's (CT 2, iCT 10)
@@ -198,18 +204,19 @@ RESUMABLE_KEYS = ("trainer.max_steps", "trainer.log_every_n_steps", "trainer.ena
 # Choices checked after the schema (the schema checks names and types).
 CHOICES = {
     "student.init": ("auto", "teacher", "network"),
-    "method.solver": ("heun", "euler"),
-    "method.name": ("cd", "ct", "ict", "ect"),
+    "method.solver": ("heun", "euler", "ddim"),
+    "method.name": ("cd", "ct", "ict", "ect", "lcm"),
     "method.index_sampling": ("auto", "uniform", "lognormal"),
     "method.pairs": ("continuous", "grid"),
-    "method.curriculum": ("auto", "fixed", "ct", "ict", "ect"),
+    "method.curriculum": ("auto", "fixed", "ct", "ict", "ect", "timesteps"),
     "method.mu_schedule": ("auto", "fixed", "adaptive", "none"),
     "method.target_dtype": ("float64", "float32"),
-    "loss.name": ("l2", "l1", "pseudo_huber", "lpips"),
+    "loss.name": ("l2", "l1", "pseudo_huber", "pseudo_huber_elementwise", "lpips"),
     "loss.weighting": ("uniform", "snr", "karras", "inverse_delta"),
     "optim.name": ("adam", "radam", "adamw"),
     "optim.schedule": ("constant", "cosine", "linear"),
-    "data.name": ("teacher", "digits", "toy2d", "synthetic", "patches", "folder", "zip", "webdataset"),
+    "data.name": ("teacher", "digits", "toy2d", "synthetic", "patches", "folder", "zip", "webdataset",
+                  "captions"),
     "data.corrupt": ("skip", "strict"),
 }
 # Lists whose every item must be one of the choices.
@@ -383,7 +390,11 @@ def apply_smoke(data: dict) -> dict:
     # A fresh tiny student: copying even a smoke teacher's backbone costs seconds per step at 256 px.
     # (Copies of every smoke teacher family are tested against the teacher in tests/test_teachers_*.py.)
     smoke.setdefault("student", {})["network"] = net
-    smoke["student"]["init"] = "network"
+    student = smoke["student"]
+    # LCM parameterises the teacher's own network, and adapters (LoRA, a guidance embedding) extend it: keep the copy.
+    keep = student.get("lora_rank") or student.get("guidance_embedding") or smoke.get("method", {}).get("name") == "lcm"
+    if not keep:
+        student["init"] = "network"
     return smoke
 
 

@@ -19,6 +19,7 @@ import torch
 
 from distill.api import Student  # the ConsistencyStudent with sample/edit methods that users hold
 from distill.math.precond import ConsistencyStudent
+from distill.methods.lcm import build_boundary
 from teachers.feeding import build_feeding
 from teachers.files import build_checked, check_zip_sizes, refusing
 from teachers.networks import build_network
@@ -63,7 +64,16 @@ def student_metadata(cfg, teacher, student: ConsistencyStudent) -> dict[str, Any
                             "3": [student.sigma_max] + list(recipe["student"]["sigmas_3"][1:])},
         "reference_stats": None,
         "training_sigmas": getattr(student, "training_sigmas", None) or {"pairs": "continuous"},
+        **boundary_metadata(student),
     }
+
+
+def boundary_metadata(student) -> dict[str, Any]:
+    """LCM students (distill/methods/lcm.py): their boundary and LCMScheduler's sigmas for 1..8 steps."""
+    boundary = getattr(student, "boundary", None)
+    if boundary is None:
+        return {}
+    return {"boundary": boundary.spec(), "sampling_sigmas": boundary.sampling_sigmas(student.feeding.sigmas)}
 
 
 def upgrade_metadata(meta: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +125,8 @@ def rebuild_student(meta: dict[str, Any], shapes: dict[str, tuple] | None = None
         build_checked(name, net_spec, shapes, source, file_bytes)
     student = Student(net, build_feeding(meta["feeding"]), sigma_min=meta["sigma_min"],
                       sigma_max=meta["sigma_max"], sigma_data=meta["sigma_data"],
-                      image_shape=tuple(meta["image_shape"]), num_classes=meta["num_classes"])
+                      image_shape=tuple(meta["image_shape"]), num_classes=meta["num_classes"],
+                      boundary=build_boundary(meta.get("boundary")))
     student.sampling_sigmas = meta.get("sampling_sigmas", {})
     student.training_sigmas = meta.get("training_sigmas") or {"pairs": "continuous"}
     student.meta = meta

@@ -103,12 +103,14 @@ def to_image_range(student, x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def consistency_sample(student, noise: list[torch.Tensor], sigmas: Sequence[float], cond=None) -> torch.Tensor:
-    """CM Alg. 1: x = f(sigma_0 z_0, sigma_0); then x = f(x + sqrt(s^2 - s_min^2) z_k, s) for each s."""
+    """CM Alg. 1: x = f(sigma_0 z_0, sigma_0); then x = f(x + sqrt(s^2 - s_min^2) z_k, s) for each s (the
+    student's `noise_scales` give other families' multipliers, e.g. LCM's, distill/methods/lcm.py)."""
     dev = next(student.parameters()).device
-    x = student(noise[0].to(dev) * sigmas[0], sigmas[0], cond)
+    scales = student.noise_scales(sigmas) if hasattr(student, "noise_scales") else \
+        [sigmas[0]] + [(s**2 - student.sigma_min**2) ** 0.5 for s in sigmas[1:]]
+    x = student(noise[0].to(dev) * scales[0], sigmas[0], cond)
     for k, s in enumerate(sigmas[1:], start=1):
-        x_hat = x + (s**2 - student.sigma_min**2) ** 0.5 * noise[k].to(dev)
-        x = student(x_hat, s, cond)
+        x = student(x + scales[k] * noise[k].to(dev), s, cond)
     return x
 
 

@@ -42,19 +42,23 @@ def read_scheduler(path: Path, overrides: dict) -> dict:
     return cfg
 
 
-def teacher_from_scheduler(net: nn.Module, sched: dict, *, image_shape, num_classes: int,
-                           sigma_data: float) -> VPTeacher:
-    kwargs = dict(image_shape=image_shape, prediction=sched["prediction_type"], num_classes=num_classes,
-                  sigma_data=sigma_data)
+def schedule_kwargs(sched: dict) -> dict:
+    """A diffusers scheduler config -> VPTeacher's `prediction` and `schedule` (or `betas`) arguments."""
+    kwargs = dict(prediction=sched["prediction_type"])
     if sched.get("trained_betas") is not None:
-        return VPTeacher(net, betas=sched["trained_betas"], **kwargs)
+        return dict(kwargs, betas=sched["trained_betas"])
     name = sched["beta_schedule"]
     if name not in ("linear", "scaled_linear", "squaredcos_cap_v2"):
-        raise TeacherSpecError(f"teacher ddpm: beta_schedule {name!r} is not supported "
+        raise TeacherSpecError(f"teacher: beta_schedule {name!r} is not supported "
                                "(linear, scaled_linear, squaredcos_cap_v2)")
-    schedule = dict(schedule=name, num_steps=int(sched["num_train_timesteps"]),
-                    beta_start=float(sched["beta_start"]), beta_end=float(sched["beta_end"]))
-    return VPTeacher(net, schedule=schedule, **kwargs)
+    return dict(kwargs, schedule=dict(schedule=name, num_steps=int(sched["num_train_timesteps"]),
+                                      beta_start=float(sched["beta_start"]), beta_end=float(sched["beta_end"])))
+
+
+def teacher_from_scheduler(net: nn.Module, sched: dict, *, image_shape, num_classes: int,
+                           sigma_data: float) -> VPTeacher:
+    return VPTeacher(net, image_shape=image_shape, num_classes=num_classes, sigma_data=sigma_data,
+                     **schedule_kwargs(sched))
 
 
 def smoke_network(image_shape, num_classes: int) -> nn.Module:

@@ -33,6 +33,11 @@ class GuidedCond:
         return GuidedCond(self.labels.to(device), self.w.to(device))
 
 
+def cfg_combine(d_uncond: torch.Tensor, d_cond: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """D_w = D(none) + w (D(c) - D(none)), w (B,) per sample (also used by text teachers)."""
+    return d_uncond + expand_like(w, d_cond) * (d_cond - d_uncond)
+
+
 class GuidedTeacher(Teacher):
     def __init__(self, teacher, scale: float | tuple[float, float] = 1.0, null_class: int | None = None):
         super().__init__(sigma_min=teacher.sigma_min, sigma_max=teacher.sigma_max, sigma_data=teacher.sigma_data,
@@ -76,7 +81,7 @@ class GuidedTeacher(Teacher):
             both = torch.cat([labels.long(), torch.full_like(labels.long(), self.null_class)])
             d = self.inner.denoise(torch.cat([x, x]), sigma_per_sample(sigma, x).repeat(2), both)
             d_cond, d_uncond = d[:b], d[b:]
-        return d_uncond + expand_like(w, x) * (d_cond - d_uncond)
+        return cfg_combine(d_uncond, d_cond, w)
 
 
 @register("guidance")

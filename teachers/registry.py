@@ -19,7 +19,7 @@ from typing import Any
 _TEACHERS: dict[str, Callable[..., Any]] = {}
 # Modules that register teachers on import; imported lazily so heavy optional packages load on use.
 _BUILTIN_MODULES = ("teachers.analytic", "teachers.patches", "teachers.edm", "teachers.openai_cm",
-                    "teachers.ddpm", "teachers.guidance", "teachers.edm2")
+                    "teachers.ddpm", "teachers.guidance", "teachers.edm2", "teachers.diffusers_latent")
 
 
 class TeacherSpecError(ValueError):

@@ -9,6 +9,8 @@ first, and store them in student.json as the defaults of `distill sample --steps
 What student.json (or the .ckpt) records is data: its teacher is rebuilt from registered names only and its
 eval.features only if built in. Code it names (teacher.target, eval.features 'package.module:attr') runs
 only when the user says so on this command line (--teacher, --features).
+Text-to-image students (method lcm): --captions FOLDER [--clip DIR] [--guidance W]: FID against the folder's
+images and CLIP score against its captions, student and guided teacher (distill/evaluation/text2image.py).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ def add_parser(sub, name):
                                                      "protocol) against --ref or --ref-images")
     p.add_argument("--ref-images", metavar="FOLDER", help="with --images: the reference image folder")
     p.add_argument("--steps", default="1,2,4", help="student steps, comma-separated")
-    p.add_argument("--teacher-nfe", default="1,3,5,9,17,35", help="odd NFE of the teacher's Heun sampler")
+    p.add_argument("--teacher-nfe", default=None, help="odd NFE of the teacher's Heun sampler "
+                                                       "(default 1,3,5,9,17,35; 49 with --captions)")
     p.add_argument("--num", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--ref", default=None, help="reference statistics .npz (mu, sigma; EDM and ADM layouts "
@@ -47,6 +50,12 @@ def add_parser(sub, name):
                    help="search the 2- and 3-step sigmas minimising FID and write them into student.json")
     p.add_argument("--search-num", type=int, default=500, help="samples per candidate in --search-sigmas")
     p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--captions", default=None, metavar="FOLDER",
+                   help="text-to-image: images with .txt captions; FID against them, CLIP score against the texts")
+    p.add_argument("--clip", default=None, metavar="DIR", help="local CLIP folder for the CLIP score (--captions)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="guidance scale of the teacher (and of students with a guidance embedding); default: the "
+                        "teacher's, or the middle of its training range")
     p.add_argument("--out", help="report.json (required with PATH)")
     return p
 
@@ -182,13 +191,15 @@ def run(args) -> int:
         raise BadInput("distill eval needs PATH and --out report.json (or --images FOLDER for a folder's FID)")
 
     steps = parse_ints(args.steps, "--steps")
-    nfes = parse_ints(args.teacher_nfe, "--teacher-nfe")
+    nfes = parse_ints(args.teacher_nfe or ("49" if args.captions else "1,3,5,9,17,35"), "--teacher-nfe")
     even = [n for n in nfes if n < 1 or n % 2 == 0]
     if even:
         raise BadInput(f"--teacher-nfe {even}: the EDM Heun sampler has only odd NFE (2 * steps - 1)")
     if args.num < 2 or any(k < 1 for k in steps):
         raise BadInput("--num must be at least 2 and --steps positive")
     student = load_student(args.path)
+    if args.captions:
+        return run_captions(args, student, steps, nfes)
     extractor, ref_stats = build_features(args, student)  # before any long work: bad input exits 2 now
     spec, teacher = load_teacher(args, student)
     if args.search_sigmas:
@@ -218,4 +229,43 @@ def run(args) -> int:
     save_comparison(panels, out.with_name("comparison.png"), title="same noise in every panel but the first")
     print(f"wrote {out}, {plot} and {out.with_name('comparison.png')} "
           f"(sampling and metrics: {seconds:.1f} s)")
+    return 0
+
+
+def run_captions(args, student, steps, nfes) -> int:
+    """--captions: the text-to-image report (student rows at `steps`, guided teacher rows at `nfes`)."""
+    from distill.cli import BadInput
+    from distill.data.captions import load_caption_folder
+    from distill.evaluation.clip_score import load_clip
+    from distill.evaluation.metrics.extractors import build_extractor
+    from distill.evaluation.text2image import generate_text2image, text2image_report
+
+    missing = [k for k in steps if str(k) not in (student.sampling_sigmas or {})]
+    if getattr(student, "boundary", None) is None or missing:
+        raise BadInput(f"--captions evaluates latent consistency students (method lcm) at 1-8 steps; this student "
+                       f"has no sampling sigmas for steps {missing or steps}")
+    spec, teacher = load_teacher(args, student)  # registered names only from the file, or --teacher
+    images, captions, _ = load_caption_folder(args.captions, teacher.data_shape)
+    images, captions = images[:args.num], captions.texts[:args.num]
+    scale = spec.get("scale", 1.0)
+    w = args.guidance if args.guidance is not None else \
+        (float(scale) if isinstance(scale, int | float) else sum(map(float, scale)) / 2)
+    try:
+        extractor = build_extractor(args.features or ("inception" if args.inception else "pixel"),
+                                    tuple(images.shape[1:]), args.inception)
+    except ValueError as err:
+        raise BadInput(str(err)) from None
+    clip = load_clip(args.clip) if args.clip else None
+    t0 = time.perf_counter()
+    samples = generate_text2image(student, teacher, captions, steps=steps, teacher_nfe=nfes, w=w, seed=args.seed,
+                                  batch_size=min(args.batch_size, 16))
+    rep = dict(text2image_report(samples, images, captions, extractor=extractor, clip=clip), guidance=w)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rep, indent=2) + "\n")
+    for row in ("student", "teacher"):
+        for key, entry in rep[row].items():
+            unit = "steps" if row == "student" else "NFE"
+            print(f"{row:8s} {key:>3s} {unit:5s} " + "  ".join(f"{k} {v:.4f}" for k, v in entry.items()))
+    print(f"wrote {out} ({len(captions)} captions, guidance {w:g}, {time.perf_counter() - t0:.1f} s)")
     return 0

@@ -1,4 +1,4 @@
-"""distill export PATH --onnx OUT.onnx: the trained student in the formats other tools run.
+"""distill export PATH --onnx OUT.onnx | --diffusers OUT: the trained student in the formats other tools run.
 
 Each format is one entry of FORMATS (its flag, what it writes, and the `module:function` that writes it
 from the loaded student), so another format is one more entry and one more flag; several flags in one
@@ -15,11 +15,14 @@ FORMATS = {
     "onnx": ("OUT.onnx", "one-step generator graph: unit-Gaussian noise (B, C, H, W) [+ int64 labels (B,) for a "
              "class-conditional student] -> images in [-1, 1]; dynamic batch; checked in onnxruntime",
              "distill.export_onnx:export_onnx"),
+    "diffusers": ("OUT", "a latent consistency student (method lcm) as a UNet folder or LoRA weights plus its "
+                  "LCMScheduler, which stock diffusers pipelines load (a new or empty folder)",
+                  "distill.export_diffusers:write_diffusers"),
 }
 
 
 def add_parser(sub, name):
-    p = sub.add_parser(name, help="export a trained student for other runtimes (ONNX)",
+    p = sub.add_parser(name, help="export a trained student for other runtimes (ONNX, diffusers)",
                        description="Writes each format named by a flag. PATH is a run directory, a "
                                    "student.safetensors (student.json beside it) or a .ckpt.")
     p.add_argument("path", help="run directory, student.safetensors or .ckpt")
@@ -44,7 +47,9 @@ def run(args) -> int:
     for flag, out in chosen.items():
         try:
             summary = writer(flag)(student, out)
-        except ImportError as err:  # an optional package the format needs; the message names pip
+        except (ImportError, ValueError, FileExistsError) as err:
+            # an optional package the format needs (the message names pip), a student the format cannot hold,
+            # an output folder in the way
             raise BadInput(str(err)) from None
         print(f"wrote {summary.pop('path')} ({flag}): " + ", ".join(f"{k} {v}" for k, v in summary.items()))
     return 0

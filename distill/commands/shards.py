@@ -18,6 +18,12 @@ def add_parser(sub, name):
     p.add_argument("--prefix", default="shard", help="shard file name prefix (default 'shard'; a plain name)")
     p.add_argument("--max-member-mb", type=float, default=64,
                    help="refuse (not read) any file larger than this, in MiB (default 64)")
+    p.add_argument("--captions", action="store_true",
+                   help="SRC is a caption folder (each image with a .txt): shards hold KEY.<image> + KEY.txt")
+    p.add_argument("--latents", metavar="PIPELINE", default=None,
+                   help="with a caption folder: encode the images once with this Stable Diffusion pipeline "
+                        "folder's VAE (its scaling_factor applied); shards hold KEY.npy (float16) + KEY.txt")
+    p.add_argument("--resolution", type=int, default=None, help="pixel size for --latents (default: the UNet's)")
     return p
 
 
@@ -31,11 +37,26 @@ def run(args) -> int:
         raise BadInput(f"--shard-size must be a positive number of samples, got {args.shard_size}")
     if not args.max_member_mb > 0:
         raise BadInput(f"--max-member-mb must be positive, got {args.max_member_mb}")
+    max_bytes = int(args.max_member_mb * 2**20)
     try:
-        paths = write_shards(args.src, args.out, args.shard_size, args.prefix, int(args.max_member_mb * 2**20))
+        if args.captions or args.latents:
+            paths = caption_shards(args, max_bytes)
+        else:
+            paths = write_shards(args.src, args.out, args.shard_size, args.prefix, max_bytes)
     except ValueError as err:  # a link out of SRC, a file over the limit, a bad prefix, a bad dataset.json
         raise BadInput(str(err)) from None
     last = len(paths) - 1
     print(f"wrote {len(paths)} shards to {args.out}; train with data.name=webdataset "
           f"data.path='{Path(args.out) / args.prefix}-{{000000..{last:06d}}}.tar'")
     return 0
+
+
+def caption_shards(args, max_bytes: int):
+    import teachers
+    from distill.data.shards import write_caption_shards
+
+    teacher = None
+    if args.latents:
+        teacher = teachers.load({"name": "diffusers_latent", "path": args.latents, "resolution": args.resolution})
+    return write_caption_shards(args.src, args.out, args.shard_size, args.prefix, teacher=teacher,
+                                max_bytes=max_bytes)

@@ -1,7 +1,11 @@
 """The Lightning DataModule: in-memory sets served by step (exact resume) or webdataset shards (clusters).
 
 In memory: digits, toy2d, teacher samples, synthetic, patches (scikit-learn's sample photos), folder
-(class = subfolder) and zip (EDM dataset zip). Streamed: webdataset (distill/data/webdataset_source.py).
+(class = subfolder), zip (EDM dataset zip) and captions (image + .txt pairs, distill/data/captions.py).
+Streamed: webdataset (distill/data/webdataset_source.py).
+A latent teacher (teachers/diffusers_latent.py) reads pixels of its `data_shape`; they are encoded into its
+latent space on the device, after the batch is moved there (`on_after_batch_transfer`); latents stored in
+shards (`distill shards --latents`) pass through unchanged.
 """
 
 from __future__ import annotations
@@ -17,9 +21,24 @@ from distill.data.step_batches import StepBatches, mix_seed
 log = logging.getLogger("distill.data")
 
 
+def data_shape(teacher) -> tuple[int, ...]:
+    """The shape data loaders decode images to: the teacher's pixels (latent teachers) or its images."""
+    return tuple(getattr(teacher, "data_shape", teacher.image_shape))
+
+
 def build_pool(cfg, teacher) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The in-memory training set named by data.name, shaped like the teacher's images."""
     name, seed = cfg.data.name, cfg.run.seed
+    if name == "captions":
+        from distill.data.captions import load_caption_folder
+
+        if not cfg.data.path:
+            raise ValueError("data.name=captions needs data.path (a folder of images with a .txt caption each)")
+        images, captions, skipped = load_caption_folder(cfg.data.path, data_shape(teacher),
+                                                        strict=cfg.data.corrupt == "strict")
+        if skipped:
+            log.warning("data.path %s: skipped %d undecodable images (data.corrupt=skip)", cfg.data.path, skipped)
+        return _with_xflip(cfg, images, captions)
     gen = torch.Generator().manual_seed(mix_seed(seed, 0xDA7A))
     if name == "digits":
         from teachers.analytic import load_digits_array
@@ -43,7 +62,7 @@ def build_pool(cfg, teacher) -> tuple[torch.Tensor, torch.Tensor | None]:
 
         if not cfg.data.path:
             raise ValueError(f"data.name={name} needs data.path (an image folder or an EDM dataset zip)")
-        images, labels, skipped = load_images(cfg.data.path, tuple(teacher.image_shape),
+        images, labels, skipped = load_images(cfg.data.path, data_shape(teacher),
                                               strict=cfg.data.corrupt == "strict")
         if skipped:
             log.warning("data.path %s: skipped %d undecodable images (data.corrupt=skip)",
@@ -59,6 +78,10 @@ def build_pool(cfg, teacher) -> tuple[torch.Tensor, torch.Tensor | None]:
         images = torch.randn(size, *teacher.image_shape, generator=gen) * teacher.sigma_data
         labels = (torch.randint(0, teacher.num_classes, (size,), generator=gen) if teacher.num_classes
                   else None)
+        if getattr(teacher, "text_conditional", False):
+            from distill.data.captions import synthetic_captions
+
+            labels = synthetic_captions(size)
         return images.clamp(-1, 1), labels
     raise ValueError(f"data.name: unknown data set {name!r}")
 
@@ -67,7 +90,9 @@ def _with_xflip(cfg, images, labels):
     """EDM's --xflip: the mirrored copies join the pool, so the data stay a pure function of the step."""
     if not cfg.data.xflip:
         return images, labels
-    return torch.cat([images, images.flip(-1)]), (None if labels is None else torch.cat([labels, labels]))
+    if labels is not None:
+        labels = labels + labels if not isinstance(labels, torch.Tensor) else torch.cat([labels, labels])
+    return torch.cat([images, images.flip(-1)]), labels
 
 
 class DistillDataModule(L.LightningDataModule):
@@ -87,6 +112,9 @@ class DistillDataModule(L.LightningDataModule):
             if self.labels is None and getattr(teacher, "num_classes", 0):
                 raise ValueError(f"the teacher is class-conditional but data.name={cfg.data.name} has no "
                                  "labels; put each class in its own subfolder, or give dataset.json labels")
+            if getattr(teacher, "text_conditional", False) and isinstance(self.labels, torch.Tensor | None):
+                raise ValueError(f"the teacher is text-conditional but data.name={cfg.data.name} has no captions; "
+                                 "use data.name=captions (images with .txt files) or webdataset shards with .txt")
 
     def train_dataloader(self):
         trainer = self.trainer
@@ -102,8 +130,18 @@ class DistillDataModule(L.LightningDataModule):
         from distill.data.webdataset_source import ShardSamples, build_loader
 
         d = self.cfg.data
-        samples = ShardSamples(self.urls, tuple(self.teacher.image_shape), rank=rank, world_size=world,
+        samples = ShardSamples(self.urls, data_shape(self.teacher), rank=rank, world_size=world,
                                resampled=d.resampled, seed=self.cfg.run.seed, start_step=self.start_step,
                                shuffle_buffer=d.shuffle_buffer, xflip=d.xflip, corrupt=d.corrupt,
-                               need_labels=bool(getattr(self.teacher, "num_classes", 0)))
+                               need_labels=bool(getattr(self.teacher, "num_classes", 0)),
+                               captions=bool(getattr(self.teacher, "text_conditional", False)),
+                               latent_shape=tuple(self.teacher.image_shape))
         return build_loader(samples, d.batch_size, d.num_workers, d.epoch_batches)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        """Pixels of a latent teacher become its x0 here, on the training device (the VAE is the teacher's)."""
+        x, labels = batch
+        encode = getattr(self.teacher, "encode_pixels", None)
+        if encode is not None and tuple(x.shape[1:]) == data_shape(self.teacher) != tuple(self.teacher.image_shape):
+            x = encode(x)
+        return x, labels

@@ -29,15 +29,26 @@ def _is_image(name: str) -> bool:
     return name.rsplit(".", 1)[-1].lower() in IMAGE_EXTENSIONS
 
 
-def _folder_items(root: Path) -> list[tuple[str, Path, int]]:
-    """(key, file, label): label = index of the sorted subfolder name, -1 for files in the root."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p.name))
+def check_inside(root: Path, files: list[Path]) -> None:
+    """Refuse links from inside `root` to files outside it (see the module docstring)."""
     inside = root.resolve()
     outside = [p for p in files if not p.resolve().is_relative_to(inside)]
     if outside:
         raise ValueError(f"{root}: {len(outside)} file(s) are links to files outside the folder, e.g. {outside[0]} "
                          f"-> {outside[0].resolve()}; links out of the source are never followed. Copy the files "
                          "in (cp -L) if you mean them")
+
+
+def read_capped(path: Path, max_bytes: int = MAX_MEMBER_BYTES) -> bytes:
+    """A file's bytes, refused (not read whole) above max_bytes."""
+    with open(path, "rb") as f:
+        return _read_capped(f, path, path.stat().st_size, max_bytes)
+
+
+def _folder_items(root: Path) -> list[tuple[str, Path, int]]:
+    """(key, file, label): label = index of the sorted subfolder name, -1 for files in the root."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and _is_image(p.name))
+    check_inside(root, files)
     classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
     index = {c: i for i, c in enumerate(classes)}
     items = []
@@ -58,7 +69,7 @@ def _zip_items(zf: zipfile.ZipFile, max_bytes: int) -> list[tuple[str, str, int]
     return [(n.rsplit(".", 1)[0], n, labels.get(n, -1)) for n in names]
 
 
-def _check_size(name, size: int, max_bytes: int) -> None:
+def check_size(name, size: int, max_bytes: int) -> None:
     if size > max_bytes:
         raise ValueError(f"{name}: {size} bytes, over the limit of {max_bytes} bytes for one file; refused, "
                          "not read (if it really is one training image, raise the limit)")
@@ -66,9 +77,9 @@ def _check_size(name, size: int, max_bytes: int) -> None:
 
 def _read_capped(f, name, size: int, max_bytes: int) -> bytes:
     """At most max_bytes + 1 bytes are read, whatever the size announced (a file may grow, a header lie)."""
-    _check_size(name, size, max_bytes)
+    check_size(name, size, max_bytes)
     data = f.read(max_bytes + 1)
-    _check_size(name, len(data), max_bytes)
+    check_size(name, len(data), max_bytes)
     return data
 
 
@@ -86,15 +97,14 @@ def iter_raw(src: str | Path, max_bytes: int = MAX_MEMBER_BYTES) -> Iterator[tup
     if src.is_dir():
         items = _folder_items(src)
         for _, path, _ in items:
-            _check_size(path, path.stat().st_size, max_bytes)
+            check_size(path, path.stat().st_size, max_bytes)
         for key, path, label in items:
-            with open(path, "rb") as f:
-                yield key, path.suffix[1:].lower(), _read_capped(f, path, path.stat().st_size, max_bytes), label
+            yield key, path.suffix[1:].lower(), read_capped(path, max_bytes), label
     elif zipfile.is_zipfile(src):
         with zipfile.ZipFile(src) as zf:
             items = _zip_items(zf, max_bytes)
             for _, name, _ in items:
-                _check_size(f"{src}:{name}", zf.getinfo(name).file_size, max_bytes)
+                check_size(f"{src}:{name}", zf.getinfo(name).file_size, max_bytes)
             for key, name, label in items:
                 yield key, name.rsplit(".", 1)[-1].lower(), _read_member(zf, name, max_bytes), label
     else:

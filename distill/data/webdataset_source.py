@@ -2,7 +2,9 @@
 
 data.path: a local path, a brace pattern (`shards/train-{000000..000127}.tar`), several joined by `::`,
 or a `pipe:` command (`pipe:aws s3 cp s3://bucket/train-000001.tar -`), as webdataset opens them.
-Samples are `KEY.png|jpg|...` plus an optional `KEY.cls` (class label), as `distill shards` writes them.
+Samples are `KEY.png|jpg|...` plus an optional `KEY.cls` (class label), as `distill shards` writes them;
+for text-to-image teachers `KEY.txt` (the caption), and `KEY.npy` (float16 latents, `distill shards --latents`)
+may stand in for the image.
 
 - Splitting: shards go to ranks, then to DataLoader workers, by the rank and worker numbers passed in
   (not read back from the environment in the worker), and RANK/WORLD_SIZE are also exported before the
@@ -91,13 +93,15 @@ class ShardSamples(IterableDataset):
 
     def __init__(self, urls: list[str], shape: tuple[int, ...], *, rank: int = 0, world_size: int = 1,
                  resampled: bool = True, seed: int = 0, start_step: int = 0, shuffle_buffer: int = 1000,
-                 xflip: bool = False, corrupt: str = "skip", need_labels: bool = False):
+                 xflip: bool = False, corrupt: str = "skip", need_labels: bool = False, captions: bool = False,
+                 latent_shape: tuple[int, ...] | None = None):
         if corrupt not in ("skip", "strict"):
             raise ValueError(f"data.corrupt: {corrupt!r} is not skip or strict")
         self.urls, self.shape = list(urls), tuple(shape)
         self.rank, self.world_size, self.resampled = rank, world_size, resampled
         self.seed, self.start_step, self.shuffle_buffer = seed, start_step, shuffle_buffer
         self.xflip, self.corrupt, self.need_labels = xflip, corrupt, need_labels
+        self.captions, self.latent_shape = captions, latent_shape
         self.epoch = 0  # bumped in the main process by EpochLoader before workers start
         self.skipped: Counter = Counter()  # in this process; workers log theirs
 
@@ -140,15 +144,19 @@ class ShardSamples(IterableDataset):
         for url in self.urls[self.rank::self.world_size][worker::num_workers]:
             yield {"url": url}
 
-    def _decode(self, sample: dict, rng: random.Random) -> tuple[torch.Tensor, int] | None:
+    def _decode(self, sample: dict, rng: random.Random) -> tuple[torch.Tensor, int | str] | None:
         url, key = sample.get("__url__", "?"), sample.get("__key__", "?")
-        ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+        ext = "npy" if "npy" in sample and self.latent_shape else next((e for e in IMAGE_EXTENSIONS if e in sample),
+                                                                        None)
         if ext is None:
             self._bad("samples", url, key, f"no image file (one of {', '.join(IMAGE_EXTENSIONS)})")
             return None
+        if self.captions and "txt" not in sample:
+            self._bad("samples", url, key, "no .txt caption, but the teacher is text-conditional")
+            return None
         try:
-            x = decode_image(sample[ext], self.shape)
-            label = decode_label(sample.get("cls"))
+            x = decode_latent(sample[ext], self.latent_shape) if ext == "npy" else decode_image(sample[ext], self.shape)
+            label = sample["txt"].decode("utf-8").strip() if self.captions else decode_label(sample.get("cls"))
         except (UndecodableImage, ValueError) as err:
             self._bad("samples", url, key, f"cannot decode {ext}: {err}")
             return None
@@ -173,9 +181,21 @@ class ShardSamples(IterableDataset):
                 yield out
 
 
+def decode_latent(data: bytes, shape) -> torch.Tensor:
+    """A `.npy` latent (numpy's format, read without pickle) of the teacher's latent shape, as float32."""
+    import io
+
+    import numpy as np
+
+    arr = np.load(io.BytesIO(data), allow_pickle=False)
+    if tuple(arr.shape) != tuple(shape):
+        raise ValueError(f"latent of shape {arr.shape}, the teacher expects {tuple(shape)} (other VAE or resolution?)")
+    return torch.from_numpy(arr.astype(np.float32))
+
+
 def _collate(samples):
     xs, labels = zip(*samples, strict=True)
-    return torch.stack(xs), torch.tensor(labels)
+    return torch.stack(xs), (list(labels) if isinstance(labels[0], str) else torch.tensor(labels))
 
 
 class EpochLoader(DataLoader):

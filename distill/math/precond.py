@@ -7,6 +7,9 @@ boundary condition holds by construction, in any float type.
 F is EDM's F-parameterisation of the backbone, fed exactly as the teacher feeds it
 (`teachers.base.BackboneFeeding`), so a student copied from the teacher's backbone starts equal to
 the teacher's denoiser except near s_min (DESIGN.md, "The student").
+
+A `boundary` object replaces these scalings with another family's (LCM's scalings on the discrete timestep,
+distill/methods/lcm.py); it also says how multistep sampling scales the noise (`noise_scales`).
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ class ConsistencyStudent(nn.Module):
     """f_theta(x, sigma, cond). `net` is the trained network; `feeding` says how it is fed."""
 
     def __init__(self, net: nn.Module, feeding: BackboneFeeding, *, sigma_min: float, sigma_max: float,
-                 sigma_data: float, image_shape: tuple[int, ...], num_classes: int = 0):
+                 sigma_data: float, image_shape: tuple[int, ...], num_classes: int = 0, boundary=None):
         super().__init__()
+        self.boundary = boundary
         self.net = net
         self.feeding = feeding
         self.sigma_min = float(sigma_min)
@@ -39,6 +43,14 @@ class ConsistencyStudent(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:
         sigma = sigma_per_sample(sigma, x)
+        if self.boundary is not None:
+            return self.boundary(self, x, sigma, cond)
         c_skip, c_out = consistency_scalings(sigma, self.sigma_min, self.sigma_data)
         F = self.feeding.F(self.net, x, sigma, cond).to(x.dtype)
         return expand_like(c_skip, x) * x + expand_like(c_out, x) * F
+
+    def noise_scales(self, sigmas) -> list[float]:
+        """Noise multipliers of multistep sampling (CM Alg. 1): sigma_0, then sqrt(s^2 - s_min^2)."""
+        if self.boundary is not None:
+            return self.boundary.noise_scales(sigmas)
+        return [float(sigmas[0])] + [(float(s) ** 2 - self.sigma_min**2) ** 0.5 for s in sigmas[1:]]

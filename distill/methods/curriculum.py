@@ -180,3 +180,30 @@ class ECTPairs:
         t = truncated_lognormal(batch, self.sigma_min, self.sigma_max, self.p_mean, self.p_std, generator, dev)
         r = ect_r(t, ect_stage(k, self.stage_steps), self.q, self.kappa, self.b).clamp_min(self.sigma_min)
         return r, t
+
+
+@dataclass
+class TimestepPairs:
+    """LCM's skipping-step pairs on a discrete teacher's own timesteps (Luo et al. 2023, sec. 4.3; diffusers'
+    `DDIMSolver`): t_{n+k} uniform over the T/k timesteps k i - 1 (i = 1..T/k), t_n = max(t_{n+k} - k, 0);
+    returned as the sigmas of those timesteps. `sigmas` is the teacher's table (T,), increasing in t."""
+    sigmas: torch.Tensor
+    skip: int
+
+    def __post_init__(self):
+        T = len(self.sigmas)
+        if not 1 <= self.skip <= T // 2:
+            raise ValueError(f"method.skip={self.skip}: LCM pairs need 1 <= skip <= {T // 2} for a {T}-step teacher")
+        self.starts = torch.arange(1, T // self.skip + 1) * self.skip - 1  # the DDIM timesteps, e.g. 19..999
+
+    @property
+    def levels(self) -> int:
+        return len(self.starts)
+
+    def sample(self, k: int, batch: int, generator: torch.Generator | None = None):
+        dev = generator.device if generator is not None else None
+        i = torch.randint(0, len(self.starts), (batch,), generator=generator, device=dev)
+        t_next = self.starts.to(i.device)[i]
+        t_cur = (t_next - self.skip).clamp_min(0)
+        table = self.sigmas.to(device=i.device, dtype=torch.float64)
+        return table[t_cur], table[t_next]

@@ -10,6 +10,7 @@ block takes its method's value, and any key set in the recipe wins (so "CD with 
 | ct     | x0 + t_n z (CM Alg. 3)         | CT curriculum N(k) (CM app. C)        | adaptive mu(k) (CM app. C)    |
 | ict    | x0 + t_n z                     | iCT doubling N(k), lognormal n        | 0: stop-gradient (iCT 3.2)    |
 | ect    | x0 + r z                       | continuous t ~ lognormal, r = r(t, k) | 0: stop-gradient              |
+| lcm    | teacher's guided ODE step      | teacher timesteps k apart (LCM 4.3)   | fixed `method.mu` (0.95)      |
 
 iCT's loss (pseudo-Huber, lambda = 1/(t_{n+1} - t_n)) and ECT's (pseudo-Huber with c = 0, i.e. the L2
 norm, over 1/(t - r)) are set in the loss block, as the paper recipes do. ECT starts from the teacher's
@@ -19,6 +20,9 @@ trains from scratch and says so. CT, iCT and ECT never evaluate the teacher duri
 Pairs: the table lists the papers' discrete levels (`method.pairs: grid`). By default (`continuous`) the pair
 keeps the paper's gap (N levels, the same curriculum) but its position is drawn anywhere along the Karras
 curve, so the student is trained at every sigma it will be sampled at (distill/methods/curriculum.py).
+
+LCM (distill/methods/lcm.py) also changes the student's boundary scalings to LCMScheduler's, so that the
+student exports to diffusers as it is; its guidance scale comes with the condition the teacher builds.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class Method:
     mu_schedule: str  # fixed | adaptive | none
     index_sampling: str  # uniform | lognormal
     from_teacher_weights: bool = False
+    boundary: str | None = None  # None: the CM paper's scalings; "lcm": LCMScheduler's (distill/methods/lcm.py)
 
 
 METHODS = {
@@ -47,6 +52,8 @@ METHODS = {
     "ict": Method("ict", target="data", curriculum="ict", mu_schedule="none", index_sampling="lognormal"),
     "ect": Method("ect", target="data", curriculum="ect", mu_schedule="none", index_sampling="lognormal",
                   from_teacher_weights=True),
+    "lcm": Method("lcm", target="teacher", curriculum="timesteps", mu_schedule="fixed", index_sampling="uniform",
+                  from_teacher_weights=True, boundary="lcm"),
 }
 # The recipe schema lists these names too (distill/config.py CHOICES, checked before this module loads);
 # register_choices keeps the two in step when a method is added here.
@@ -94,7 +101,7 @@ def _pick(value, default):
 
 def _levels(curriculum: str, m, total: int):
     """k -> N(k) for a grid curriculum, with the paper's (s0, s1) unless the recipe sets them."""
-    if curriculum in ("fixed", "ect"):
+    if curriculum in ("fixed", "ect", "timesteps"):
         return lambda k: m.N
     s0_default, s1_default = C.CT_DEFAULTS if curriculum == "ct" else C.ICT_DEFAULTS
     s0, s1 = _pick(m.s0, s0_default), _pick(m.s1, s1_default)
@@ -105,6 +112,39 @@ def _levels(curriculum: str, m, total: int):
 def method_steps(cfg) -> int:
     """K: the method's own steps, those after the denoiser warm start (student.denoiser_steps)."""
     return cfg.method.total_steps or cfg.trainer.max_steps - cfg.student.denoiser_steps
+
+
+def discrete_sigmas(teacher, method: str):
+    """The sigma table of a discrete-time teacher (DDPM, Stable Diffusion), for pairs on its timesteps."""
+    table = getattr(getattr(teacher, "feeding", None), "sigmas", None)
+    if table is None:
+        raise ValueError(f"method.name={method} pairs the teacher's own timesteps, but {type(teacher).__name__} "
+                         "has no discrete sigma table; use a ddpm or diffusers_latent teacher, or "
+                         "method.curriculum=fixed")
+    return table
+
+
+def timestep_pairs(teacher, m, sigma_min: float, sigma_max: float):
+    """LCM's pairs on the teacher's own timesteps, `method.skip` apart, inside the student's sigma range."""
+    import torch
+
+    pairs = C.TimestepPairs(torch.as_tensor(discrete_sigmas(teacher, m.name)), m.skip)
+    lo, hi = float(pairs.sigmas[0]), float(pairs.sigmas[pairs.starts].max())
+    if lo < sigma_min * (1 - 1e-9) or hi > sigma_max * (1 + 1e-9):
+        raise ValueError(f"method.name={m.name}: the teacher's timesteps span sigma [{lo:g}, {hi:g}], beyond the "
+                         f"student's [{sigma_min:g}, {sigma_max:g}]; widen student.sigma_min / student.sigma_max")
+    return pairs
+
+
+def boundary_for(cfg, teacher):
+    """The student's boundary scalings for this method: None (CM paper) or LCM's (distill/methods/lcm.py)."""
+    method = METHODS[cfg.method.name]
+    if method.boundary != "lcm":
+        return None
+    from distill.methods.lcm import LCMBoundary
+
+    table = discrete_sigmas(teacher, cfg.method.name)
+    return LCMBoundary(original_inference_steps=len(table) // cfg.method.skip)
 
 
 def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
@@ -127,7 +167,10 @@ def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
         raise ValueError("method.skip applies to grid curricula; ECT draws continuous (t, r) pairs")
     total = method_steps(cfg)  # K of the curricula
     levels = _levels(curriculum, m, total)
-    if curriculum == "ect":
+    if curriculum == "timesteps":
+        pairs = timestep_pairs(teacher, m, sigma_min, sigma_max)
+        levels = lambda k, n=pairs.levels: n
+    elif curriculum == "ect":
         pairs = C.ECTPairs(sigma_min, sigma_max, m.ect_stage_steps or max(total // 8, 1), m.ect_q, m.ect_k,
                            m.ect_b, m.p_mean, m.p_std)
     else:

@@ -20,7 +20,9 @@ import torch
 from distill.math.solvers import euler_step, heun_step
 from teachers.base import expand_like
 
-SOLVERS = {"heun": heun_step, "euler": euler_step}
+# DDIM (Song et al. 2021) in sigma units is the Euler step of the PF-ODE over the denoiser (EDM sec. 3;
+# LCM's DDIM target with guided x0 and eps is the Euler step of the guided D): one function, two names.
+SOLVERS = {"heun": heun_step, "euler": euler_step, "ddim": euler_step}
 
 
 def substep_sigmas(sigma_from: torch.Tensor, sigma_to: torch.Tensor, k: int, rho: float = 7.0) -> list:

@@ -100,11 +100,10 @@ class ConsistencyDistillation(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x0, labels = batch
-        cond = labels if self.student.num_classes else None
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         gen = self.step_generator(batch_idx % accumulate)
         if self.global_step < self.denoiser_steps:
-            return self.denoiser_step(x0, cond, gen)
+            return self.denoiser_step(x0, self.condition(labels, gen, x0.shape[0]), gen)
         k = self.global_step - self.denoiser_steps  # the method's step: curricula start after the warm start
         # The pair (t_n, t_{n+1}) per sample from step k's curriculum (CM Alg. 2/3; iCT lognormal; ECT r(t)).
         pair = self.rank_part(lambda b: torch.stack(self.plan.pairs.sample(k, b, gen), 1), x0.shape[0])
@@ -112,6 +111,7 @@ class ConsistencyDistillation(L.LightningModule):
         z = self.rank_part(lambda b: torch.randn((b, *x0.shape[1:]), generator=gen, device=self.device,
                                                  dtype=x0.dtype), x0.shape[0])
         x_next = x0 + expand_like(sigma_next, x0) * z
+        cond = self.condition(labels, gen, x0.shape[0])
         # CD: the teacher's ODE from t_{n+1} down to t_n; CT/iCT/ECT: x0 + t_n z with the same z.
         x_cur = self.plan.target(x0, z, x_next, sigma_next, sigma_cur, cond)
         # From integers, not a draw read back with int(): that would wait for the device every step, and a
@@ -147,6 +147,15 @@ class ConsistencyDistillation(L.LightningModule):
             # sync), logged this step or not: only when a progress bar is there to show it.
             bar = self._trainer is not None and self.trainer.progress_bar_callback is not None
             self.log(name, loss, prog_bar=bar)
+
+    def condition(self, labels, gen: torch.Generator, batch: int):
+        """Class labels; or, for a teacher that builds its own condition (text: captions -> encoder states),
+        that condition, with one uniform per sample for the guidance scale it draws (LCM Alg. 1)."""
+        build = getattr(self.teacher, "training_condition", None)
+        if build is None:
+            return labels if self.student.num_classes else None
+        u = self.rank_part(lambda b: torch.rand(b, generator=gen, device=self.device, dtype=torch.float64), batch)
+        return build(labels, u)
 
     def _log_due(self) -> bool:
         """Whether Lightning writes logs after this step (every trainer.log_every_n_steps steps).

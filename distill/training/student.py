@@ -6,6 +6,7 @@ import copy
 import inspect
 
 from distill.math.precond import ConsistencyStudent
+from distill.methods.plan import boundary_for
 from teachers.base import BackboneFeeding
 from teachers.networks import _NETWORKS, _import_all, build_network
 
@@ -60,6 +61,24 @@ def build_student(cfg, teacher) -> ConsistencyStudent:
             else cfg.student.network
         net = build_network(**network_spec_for(network, teacher))
         feeding = BackboneFeeding(teacher.sigma_data)
+    net = with_adapters(net, cfg.student)
+    boundary = boundary_for(cfg, teacher)
+    if boundary is not None and not hasattr(feeding, "timestep"):
+        raise ValueError(f"method.name={cfg.method.name} parameterises a copy of the teacher's discrete-time network "
+                         "(LCMScheduler's scalings act on its timestep): set student.init=teacher")
     return ConsistencyStudent(net, feeding, sigma_min=sigma_min, sigma_max=sigma_max,
                               sigma_data=teacher.sigma_data, image_shape=teacher.image_shape,
-                              num_classes=getattr(teacher, "num_classes", 0))
+                              num_classes=getattr(teacher, "num_classes", 0), boundary=boundary)
+
+
+def with_adapters(net, student_cfg):
+    """student.guidance_embedding / student.lora_rank: LCM's student adapters on the teacher's network
+    (teachers/networks/diffusers_cond_unet.py); only the adapted network's new or LoRA weights train."""
+    s = student_cfg
+    if not (s.guidance_embedding or s.lora_rank):
+        return net
+    if not hasattr(net, "adapted"):
+        raise ValueError("student.guidance_embedding and student.lora_rank adapt a diffusers UNet2DConditionModel "
+                         f"copied from the teacher; this student's network is {type(net).__name__}")
+    lora = {"rank": s.lora_rank, "alpha": s.lora_alpha, "targets": s.lora_targets} if s.lora_rank else None
+    return net.adapted(guidance_embedding_dim=s.guidance_embedding, lora=lora)

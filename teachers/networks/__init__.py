@@ -17,7 +17,8 @@ from torch import nn
 _NETWORKS: dict[str, Callable[..., nn.Module]] = {}
 _MODULES = ("teachers.networks.small_unet", "teachers.networks.mlp", "teachers.networks.song_unet",
             "teachers.networks.dhariwal_unet", "teachers.networks.adm_unet",
-            "teachers.networks.diffusers_unet", "teachers.networks.edm2_unet")
+            "teachers.networks.diffusers_unet", "teachers.networks.edm2_unet",
+            "teachers.networks.diffusers_cond_unet")
 
 
 def register_network(name: str):

@@ -25,7 +25,10 @@ class SampleGrid(L.Callback):
 
     @torch.no_grad()
     def write(self, trainer, pl_module, tag: str):
-        if trainer.global_rank != 0 or len(pl_module.student.image_shape) != 3:
+        shape = pl_module.student.image_shape
+        # Images only: latent students (4 channels) need their teacher's VAE and prompts (distill/evaluation/
+        # text2image.py); a grid of raw latents would say nothing.
+        if trainer.global_rank != 0 or len(shape) != 3 or shape[0] not in (1, 3):
             return
         from distill.evaluation.figures import save_grid
         from distill.sampling import default_sigmas, sample
