@@ -4,6 +4,11 @@ Karras et al. 2022 (EDM), eq. 7 and Table 1: whatever a network predicts (eps, v
 an adapter turns it into the denoiser in variance-exploding sigma units, x_sigma = x_0 + sigma n.
 Nothing in `distill/` needs to know which family a teacher came from.
 
+`cond` is None for an unconditional teacher and int64 class labels of shape (B,) for a conditional one.
+An optional `sample(num, generator, cond=None)` gives exact samples (see `Denoiser`). `distill fit`
+checks the attributes (`check_attributes`) and calls `denoise` once before training
+(distill/training/preflight.py; docs/custom-teacher.md).
+
 A teacher that has a network (`backbone`) also exposes `feeding`, a `BackboneFeeding` that says
 how the network is fed and how its raw output becomes EDM's F. A student that starts as a copy of
 the backbone is fed the same way, and the feeding's `spec()` is saved with the student so that it

@@ -171,13 +171,19 @@ def png_header(width: int, height: int, mode_byte: int = 0) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"\x78\x9c garbage") + chunk(b"IEND", b"")
 
 
-@pytest.mark.parametrize("size, words", [
-    ((20000, 20000), ["decompression bomb"]),  # PIL's own error (over 2 x 89 Mpx)
-    ((9000, 9000), ["9000x9000 pixels", "decompression bomb"]),  # under PIL's warning, over our cap
-    ((8, 8), ["not a readable image"]),  # the right size, corrupt data
+def truncated_ihdr() -> bytes:
+    """A PNG whose header chunk is cut short: PIL raises ValueError, which used to escape as a traceback."""
+    return png_header(8, 8)[:8] + bytes.fromhex("00000004") + b"IHDR" + bytes(4) + bytes(4)
+
+
+@pytest.mark.parametrize("data, words", [
+    (lambda: png_header(20000, 20000), ["decompression bomb"]),  # PIL's own error (over 2 x 89 Mpx)
+    (lambda: png_header(9000, 9000), ["9000x9000 pixels", "decompression bomb"]),  # over our cap only
+    (lambda: png_header(8, 8), ["not a readable image"]),  # the right size, corrupt data
+    (truncated_ihdr, ["Truncated IHDR"]),
 ])
 @pytest.mark.parametrize("which", ["--input", "--mask"])
-def test_edit_refuses_bombs_and_corrupt_images_with_exit_2(tmp_path, capsys, size, words, which):
+def test_edit_refuses_bombs_and_corrupt_images_with_exit_2(tmp_path, capsys, data, words, which):
     import numpy as np
     from PIL import Image
 
@@ -186,7 +192,7 @@ def test_edit_refuses_bombs_and_corrupt_images_with_exit_2(tmp_path, capsys, siz
     mask = tmp_path / "mask.png"
     Image.fromarray(np.where(np.arange(64).reshape(8, 8) < 32, 255, 0).astype(np.uint8)).save(mask)
     bad = tmp_path / "bad.png"
-    bad.write_bytes(png_header(*size))
+    bad.write_bytes(data())
     files = {"--input": bad, "--mask": mask} if which == "--input" else {"--input": good, "--mask": bad}
     code, err = exit_code(capsys, "edit", fresh_export(), "--task", "inpaint", "--input", files["--input"],
                           "--mask", files["--mask"], "--out", tmp_path / "o.png")

@@ -217,3 +217,21 @@ def test_one_pass_without_any_good_sample_raises(tmp_path):
     ds = ShardSamples([_all_bad(tmp_path / "bad.tar")], SHAPE, resampled=False, shuffle_buffer=0)
     with pytest.raises(CorruptSampleError, match="bad.tar"):
         list(build_loader(ds, 4, 0, 0))
+
+
+def test_fit_on_shards_without_a_good_sample_exits_2_before_creating_anything(tmp_path, capsys):
+    from distill.cli import main
+    from distill.commands.fit import worker_message
+
+    bad = _all_bad(tmp_path / "bad.tar")
+    for dry in ([], ["--dry-run"]):
+        code = main(["fit", str(Path(__file__).parents[1] / "recipes" / "demo.yaml"), f"run.dir={tmp_path / 'run'}",
+                     "data.name=webdataset", f"data.path={bad}", *dry])
+        err = capsys.readouterr().err
+        assert code == 2 and "no usable sample" in err and "bad.tar" in err, err
+        assert not (tmp_path / "run").exists()
+    # The same error raised in a DataLoader worker comes back with the worker's traceback in its text.
+    wrapped = CorruptSampleError("Caught CorruptSampleError in DataLoader worker process 0.\nOriginal Traceback "
+                                 "(most recent call last):\n  File ...\ndistill.data.corrupt.CorruptSampleError: "
+                                 "no usable sample in any of the 1 shards (bad.tar)")
+    assert worker_message(wrapped) == "no usable sample in any of the 1 shards (bad.tar)"
