@@ -79,7 +79,7 @@ def test_run_dir_that_cannot_be_a_directory_exits_2(tmp_path, capsys, monkeypatc
 
 def test_output_path_under_a_file_exits_2(tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
-    code, err = exit_code(capsys, "sample", fresh_export(), "--num", "2", "--out", tmp_path / "afile" / "x.png")
+    code, err = exit_code(capsys, "sample", fresh_export(1, 8), "--num", "2", "--out", tmp_path / "afile" / "x.png")
     assert code == 2 and "afile" in err, err
 
 
@@ -124,7 +124,7 @@ def test_truncated_or_foreign_last_ckpt_exits_2(finished_run, tmp_path, capsys, 
     (lambda m: dict(m, network={"name": "small_unet", "width": "wide"}), ["cannot rebuild"]),
 ])
 def test_student_json_of_another_shape_exits_2(tmp_path, capsys, edit, words):
-    src = fresh_export()
+    src = fresh_export(1, 8)
     for name in ("student.safetensors", "student.json"):
         shutil.copy(src / name, tmp_path / name)
     meta = json.loads((tmp_path / "student.json").read_text())
@@ -136,7 +136,7 @@ def test_student_json_of_another_shape_exits_2(tmp_path, capsys, edit, words):
 def test_student_with_nan_weights_is_refused(tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
-    src = fresh_export()
+    src = fresh_export(1, 8)
     shutil.copy(src / "student.json", tmp_path / "student.json")
     state = load_file(str(src / "student.safetensors"))
     key = next(iter(state))
@@ -194,7 +194,7 @@ def test_edit_refuses_bombs_and_corrupt_images_with_exit_2(tmp_path, capsys, dat
     bad = tmp_path / "bad.png"
     bad.write_bytes(data())
     files = {"--input": bad, "--mask": mask} if which == "--input" else {"--input": good, "--mask": bad}
-    code, err = exit_code(capsys, "edit", fresh_export(), "--task", "inpaint", "--input", files["--input"],
+    code, err = exit_code(capsys, "edit", fresh_export(1, 8), "--task", "inpaint", "--input", files["--input"],
                           "--mask", files["--mask"], "--out", tmp_path / "o.png")
     assert code == 2 and which in err and all(w in err for w in words) and "Traceback" not in err, err
     assert not (tmp_path / "o.png").exists()

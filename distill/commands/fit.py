@@ -60,33 +60,27 @@ def dry_run(cfg, missing: list[str]) -> list[str]:
     from teachers.registry import TeacherSpecError
 
     lines = [describe_run_dir(cfg)]
-    spec = to_plain(cfg)["teacher"]
     if any(m.startswith("teacher.") for m in missing):
         return lines + ["teacher: not built (its file does not exist yet)"]
-    if not missing:  # everything a real run reads is there: the same checks, in the same order
-        run_dir, resume, step, teacher, module, _ = prepare(cfg)
-        if resume is not None:
-            lines[0] += f" (step {step})"
-    else:
-        try:
+    spec = to_plain(cfg)["teacher"]
+    try:
+        if not missing:  # everything a real run reads is there: its own checks, in its order
+            _, resume, step, teacher, module, _ = prepare(cfg)
+            lines[0] += f" (step {step})" if resume is not None else ""
+        else:
             teacher = teachers.load({k: v for k, v in spec.items() if k != "autocast"})
-            # The loss's own files (LPIPS) are missing: the module cannot be built without them.
+            # Without the loss's own files (LPIPS) the module cannot be built.
             module = None if any(m.startswith("loss.") for m in missing) else \
                 prepare_teacher_and_student(cfg, spec, teacher)[1]
-        except TeacherSpecError:
-            raise
-        except (ValueError, KeyError) as err:
-            raise ConfigError(str(err).strip("'\"")) from err
-    dtype = target_dtype(module) if module is not None else getattr(torch, cfg.method.target_dtype)
-    lines.append(f"teacher: {getattr(teacher, 'describe', lambda: type(teacher).__name__)()}; "
-                 f"{probe_teacher(teacher, dtype, spec)}")
-    if not any(m.startswith("data.") for m in missing):
-        try:
+        dtype = target_dtype(module) if module is not None else getattr(torch, cfg.method.target_dtype)
+        lines.append(f"teacher: {getattr(teacher, 'describe', lambda: type(teacher).__name__)()}; "
+                     f"{probe_teacher(teacher, dtype, spec)}")
+        if not any(m.startswith("data.") for m in missing):
             lines.append(f"data: {check_data(cfg, teacher)}")
-        except TeacherSpecError:
-            raise
-        except (ValueError, KeyError) as err:
-            raise ConfigError(str(err).strip("'\"")) from err
+    except (TeacherSpecError, ConfigError):
+        raise
+    except (ValueError, KeyError) as err:  # a recipe that names things that do not fit together
+        raise ConfigError(str(err).strip("'\"")) from err
     if module is not None:
         params = sum(p.numel() for p in module.student.parameters())
         lines.append(f"student: {module.student.net.build_spec.get('name', '?')}, {params:,} parameters")
