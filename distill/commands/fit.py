@@ -56,9 +56,11 @@ def dry_run(cfg, missing: list[str]) -> list[str]:
     import teachers
     from distill.config import ConfigError, to_plain
     from distill.training.fit import prepare, prepare_teacher_and_student
+    from distill.training.loggers import check_available
     from distill.training.preflight import check_data, probe_teacher, target_dtype
     from teachers.registry import TeacherSpecError
 
+    check_available(cfg.log.loggers)
     lines = [describe_run_dir(cfg)]
     if any(m.startswith("teacher.") for m in missing):
         return lines + ["teacher: not built (its file does not exist yet)"]
