@@ -73,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     except bad_input_types() as err:
         print(f"distill {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except (NotADirectoryError, FileExistsError, IsADirectoryError, PermissionError) as err:
+        # A path the user gave that cannot be used: a file among an output's folders, a folder where a file
+        # goes, no permission.
+        print(f"distill {args.command}: error: {err.filename}: {err.strerror}; check the paths given (a file "
+              "where a folder is needed, or the reverse, or no permission)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 1

@@ -20,6 +20,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
+from distill import safe_yaml
+
 
 class ConfigError(ValueError):
     """A recipe that cannot run as written. The message names the key and how to fix it."""
@@ -232,7 +234,9 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_yaml.load(path.read_text()) or {}
+    except safe_yaml.YAMLTooLarge as err:
+        raise ConfigError(f"{path}: refused, {err}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from err
     if not isinstance(data, dict):
@@ -279,7 +283,9 @@ def parse_overrides(overrides: list[str]) -> dict:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. trainer.max_steps=100)")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
+            value = safe_yaml.load(raw) if raw != "" else None
+        except safe_yaml.YAMLTooLarge as err:
+            raise ConfigError(f"override {key.strip()!r}: refused, {err}") from None
         except yaml.YAMLError:
             value = raw
         node = nested
@@ -334,6 +340,9 @@ def to_config(data: dict) -> DictConfig:
             OmegaConf.update(cfg, f"{block}.{key}" if key else block, value, merge=False)
     except OmegaConfBaseException as err:
         raise ConfigError(_explain(err)) from None
+    from distill.config_checks import check_resolvable, check_values
+
+    check_resolvable(cfg)
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
@@ -351,6 +360,7 @@ def to_config(data: dict) -> DictConfig:
     if cfg.student.denoiser_steps < 0 or (cfg.trainer.max_steps > 0 and
                                            cfg.student.denoiser_steps >= cfg.trainer.max_steps):
         raise ConfigError(f"student.denoiser_steps ({cfg.student.denoiser_steps}) must lie in [0, trainer.max_steps)")
+    check_values(cfg)
     if not cfg.student.sigma_min < cfg.student.sigma_max:
         raise ConfigError("student.sigma_min must be below student.sigma_max")
     OmegaConf.set_readonly(cfg, True)

@@ -143,11 +143,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    return [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def write_export(run_dir: Path, meta: dict[str, Any], state: dict[str, torch.Tensor], weights: str) -> Path:
+    """student.safetensors, then student.json (each atomic, in this order: a student.json recording the
+    run's last step (`meta["step"]`) means both are current, distill/training/finish.py)."""
     from safetensors.torch import save
 
+    bad = nonfinite_tensors(state)
+    if bad:  # the NaN guard stops such a run first; this keeps any other caller from shipping NaN weights
+        raise ValueError(f"refusing to export non-finite weights ({len(bad)} tensors, e.g. {bad[0]})")
     meta = dict(meta, weights=weights)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+    # One metadata key only: safetensors writes its metadata map in hash order, so two keys would make the
+    # bytes of identical exports differ between processes.
     atomic_write_bytes(run_dir / "student.safetensors", save(tensors, metadata={"weights": weights}))
     atomic_write_bytes(run_dir / "student.json", (json.dumps(meta, indent=2) + "\n").encode())
     return run_dir / "student.safetensors"
@@ -165,6 +176,29 @@ def update_sampling_sigmas(meta_path: Path, table: dict[str, list[float]],
     atomic_write_bytes(Path(meta_path), (json.dumps(meta, indent=2) + "\n").encode())
 
 
+# student.json keys rebuild_student reads, with their JSON types.
+META_TYPES = {"network": dict, "feeding": dict, "sigma_min": (int, float), "sigma_max": (int, float),
+              "sigma_data": (int, float), "image_shape": list, "num_classes": int}
+
+
+def check_meta(meta: Any, where) -> None:
+    """A student record (student.json, or a .ckpt's 'distill' entry) has the keys and types `distill fit`
+    writes, so that valid JSON of another shape is refused with the key at fault."""
+    fix = "it was not written by `distill fit` (or was edited); export the student again"
+    if not isinstance(meta, dict):
+        raise StudentLoadError(f"{where}: expected a JSON object, found {type(meta).__name__}; {fix}")
+    for key, types in META_TYPES.items():
+        if key not in meta:
+            raise StudentLoadError(f"{where}: no {key!r} entry; {fix}")
+        if isinstance(meta[key], bool) or not isinstance(meta[key], types):
+            raise StudentLoadError(f"{where}: {key!r} is {type(meta[key]).__name__} {meta[key]!r}, expected "
+                                   f"{getattr(types, '__name__', 'a number')}; {fix}")
+    if not isinstance(meta["network"].get("name"), str):
+        raise StudentLoadError(f"{where}: 'network' has no 'name'; {fix}")
+    if not isinstance(meta.get("sampling_sigmas", {}), dict):
+        raise StudentLoadError(f"{where}: 'sampling_sigmas' must map step counts to lists of sigmas; {fix}")
+
+
 def _load_ckpt(path: Path) -> ConsistencyStudent:
     check_zip_sizes(path, path)
     try:
@@ -176,6 +210,7 @@ def _load_ckpt(path: Path) -> ConsistencyStudent:
         raise StudentLoadError(f"{path}: a checkpoint without the 'distill' record; was it written by "
                                "`distill fit`?")
     meta = ckpt["distill"]
+    check_meta(meta, f"{path} ('distill' record)")
     ema = (ckpt.get("callbacks") or {}).get("StudentEMA") or {}
     averages = ema.get("averages") or {}
     if averages:
@@ -209,6 +244,7 @@ def _load_export(path: Path) -> ConsistencyStudent:
     except Exception as err:  # noqa: BLE001
         raise StudentLoadError(f"{path}: not a readable safetensors file ({err})") from None
     with refusing(meta_path, StudentLoadError):
+        check_meta(meta, meta_path)
         student = rebuild_student(meta, shapes, meta_path, path.stat().st_size)
     with refusing(path, StudentLoadError):
         student.net.load_state_dict(load_file(str(path)))
@@ -235,4 +271,8 @@ def load_student(path: str | os.PathLike, device: str | torch.device = "cpu") ->
             student = _load_ckpt(path)
     else:
         student = _load_export(path)
+    bad = nonfinite_tensors(student.net.state_dict())
+    if bad:
+        raise StudentLoadError(f"{path}: {len(bad)} weight tensors hold NaN/Inf (e.g. {bad[0]}): saved from a run "
+                               "that diverged; retrain it (lower optim.lr) or use an earlier checkpoint")
     return student.to(device).eval().requires_grad_(False)

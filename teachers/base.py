@@ -4,6 +4,11 @@ Karras et al. 2022 (EDM), eq. 7 and Table 1: whatever a network predicts (eps, v
 an adapter turns it into the denoiser in variance-exploding sigma units, x_sigma = x_0 + sigma n.
 Nothing in `distill/` needs to know which family a teacher came from.
 
+`cond` is None for an unconditional teacher and int64 class labels of shape (B,) for a conditional one.
+An optional `sample(num, generator, cond=None)` gives exact samples (see `Denoiser`). `distill fit`
+checks the attributes (`check_attributes`) and calls `denoise` once before training
+(distill/training/preflight.py; docs/custom-teacher.md).
+
 A teacher that has a network (`backbone`) also exposes `feeding`, a `BackboneFeeding` that says
 how the network is fed and how its raw output becomes EDM's F. A student that starts as a copy of
 the backbone is fed the same way, and the feeding's `spec()` is saved with the student so that it
@@ -12,6 +17,7 @@ can be rebuilt without the teacher.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -31,6 +37,36 @@ class Denoiser(Protocol):
     def denoise(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor: ...
 
     def round_sigma(self, sigma): ...
+
+    # Optional: exact samples, for teachers that have them (the analytic ones). distill/ uses this hook for
+    # data.name=teacher and as the FID reference; it must take (num, generator, cond=None), cond being
+    # int64 class labels of shape (num,) for a class-conditional teacher, and return (num, *image_shape).
+    # def sample(self, num: int, generator: torch.Generator | None = None, cond=None) -> torch.Tensor: ...
+
+
+def check_attributes(teacher) -> None:
+    """The Denoiser's numbers as distill/ needs them: 0 < sigma_min < sigma_max and sigma_data > 0, all
+    finite; image_shape positive integers; num_classes >= 0. A NaN here (e.g. a damaged checkpoint's
+    sigma_data) would otherwise train a NaN student. Raises TeacherSpecError."""
+    from teachers.registry import TeacherSpecError
+
+    name = type(teacher).__name__
+    values = {k: getattr(teacher, k, None) for k in ("sigma_min", "sigma_max", "sigma_data")}
+    for key, v in values.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise TeacherSpecError(f"teacher {name}: {key} = {v!r}; it must be a finite number > 0")
+    if not values["sigma_min"] < values["sigma_max"]:
+        raise TeacherSpecError(f"teacher {name}: sigma_min {values['sigma_min']} is not below sigma_max "
+                               f"{values['sigma_max']}")
+    shape = getattr(teacher, "image_shape", None)
+    if not isinstance(shape, (tuple, list)) or not shape or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise TeacherSpecError(f"teacher {name}: image_shape = {shape!r}; it must be a tuple of positive "
+                               "integers, e.g. (3, 32, 32)")
+    classes = getattr(teacher, "num_classes", 0)
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 0:
+        raise TeacherSpecError(f"teacher {name}: num_classes = {classes!r}; it must be an integer >= 0 "
+                               "(0: unconditional)")
 
 
 def sigma_per_sample(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +133,7 @@ class Teacher(nn.Module):
         self.sigma_data = float(sigma_data)
         self.image_shape = tuple(int(s) for s in image_shape)
         self.num_classes = int(num_classes)
+        check_attributes(self)
         self.backbone: nn.Module | None = None
         self.feeding: BackboneFeeding | None = None
         # Provenance recorded in student.json (DESIGN.md "Files and numbers").

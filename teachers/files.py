@@ -144,6 +144,9 @@ def build_checked(name: str, kwargs: Mapping, shapes: Mapping[str, tuple], sourc
     except _OverBudget as err:
         raise TeacherSpecError(f"{source}: its recorded config builds a {name} with {err}, far more than its "
                                f"{len(shapes)} tensors ({file_bytes} bytes) could fill; refused") from None
+    except (TypeError, ValueError) as err:  # a recorded argument of the wrong type or range
+        raise TeacherSpecError(f"{source}: cannot rebuild {name} from its recorded config "
+                               f"({type(err).__name__}: {str(err)[:200]}); refused") from None
     check_shapes({k: tuple(v.shape) for k, v in probe.state_dict().items()}, shapes, source)
     return build_network(name, **kwargs)
 

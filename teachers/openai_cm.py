@@ -98,9 +98,12 @@ def load_openai_cm(path: str | None = None, *, arch: str | None = "imagenet64", 
     p = require_file(path, "openai_cm", f"an OpenAI consistency-models teacher state dict such as "
                                         f"edm_{arch or 'imagenet64'}_ema.pt")
     state = load_weights_only(p)  # read (and refuse) the file before building any network
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise TeacherSpecError(f"{p}: expected a state dict of tensors, found {type(state).__name__}"
-                               + (" holding other values" if isinstance(state, dict) else ""))
+    if not isinstance(state, dict):
+        raise TeacherSpecError(f"{p}: expected a state dict of tensors, found {type(state).__name__}")
+    odd = next(((k, v) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)
+    if odd is not None:
+        raise TeacherSpecError(f"{p}: entry {odd[0]!r} is {type(odd[1]).__name__}, not a tensor; expected a state "
+                               "dict of tensors (an OpenAI consistency-models teacher such as edm_imagenet64_ema.pt)")
     with refusing(p):
         check_tensor_bytes(state, p.stat().st_size, p)
         net = build_checked("adm_unet", kwargs, {k: v.shape for k, v in state.items()}, p, p.stat().st_size)

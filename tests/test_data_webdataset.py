@@ -181,3 +181,57 @@ def _grey(rng) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(buf, format="png")
     return buf.getvalue()
+
+
+def _all_bad(path: Path, n: int = 50) -> str:
+    _write(path, [{"__key__": f"{i:04d}", "png": b"not a png", "cls": b"0"} for i in range(n)])
+    return str(path)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_all_bad_shards_fail_naming_them_with_few_log_lines(tmp_path, caplog, workers):
+    """Skip mode on shards with no good sample: resampling used to draw them forever, one warning per sample.
+    Now the loader gives up once every shard has been read without a good sample, naming the shards."""
+    urls = [_all_bad(tmp_path / f"bad-{i}.tar") for i in range(3)]
+    ds = ShardSamples(urls, SHAPE, resampled=True, shuffle_buffer=10, corrupt="skip")
+    with caplog.at_level(logging.WARNING, logger="distill.data"), \
+            pytest.raises(CorruptSampleError, match="no usable sample") as err:
+        next(iter(build_loader(ds, 4, workers, 100)))
+    assert all(Path(u).name in str(err.value) for u in urls)
+    if workers == 0:  # the worker's log lines do not reach caplog
+        lines = [r for r in caplog.records if r.levelno == logging.WARNING]
+        skipped = ds.skipped["samples"]
+        assert skipped >= 150 and len(lines) < 5 + len(str(skipped)) + 1, (skipped, len(lines))
+        assert "'0000'" in caplog.text and "summarised" in caplog.text
+
+
+def test_a_good_shard_among_bad_ones_keeps_training(tmp_path, shards):
+    """The give-up rule needs every shard dead since the last good sample: one good shard is enough."""
+    urls = [_all_bad(tmp_path / f"bad-{i}.tar") for i in range(4)] + [str(shards / "train-00.tar")]
+    ds = ShardSamples(urls, SHAPE, resampled=True, shuffle_buffer=10, corrupt="skip", seed=2)
+    batches = [x for x, _ in build_loader(ds, 4, 0, 30)]
+    assert len(batches) == 30 and set(i for x in batches for i in _ids(x)) <= set(range(PER_SHARD))
+
+
+def test_one_pass_without_any_good_sample_raises(tmp_path):
+    ds = ShardSamples([_all_bad(tmp_path / "bad.tar")], SHAPE, resampled=False, shuffle_buffer=0)
+    with pytest.raises(CorruptSampleError, match="bad.tar"):
+        list(build_loader(ds, 4, 0, 0))
+
+
+def test_fit_on_shards_without_a_good_sample_exits_2_before_creating_anything(tmp_path, capsys):
+    from distill.cli import main
+    from distill.commands.fit import worker_message
+
+    bad = _all_bad(tmp_path / "bad.tar")
+    for dry in ([], ["--dry-run"]):
+        code = main(["fit", str(Path(__file__).parents[1] / "recipes" / "demo.yaml"), f"run.dir={tmp_path / 'run'}",
+                     "data.name=webdataset", f"data.path={bad}", *dry])
+        err = capsys.readouterr().err
+        assert code == 2 and "no usable sample" in err and "bad.tar" in err, err
+        assert not (tmp_path / "run").exists()
+    # The same error raised in a DataLoader worker comes back with the worker's traceback in its text.
+    wrapped = CorruptSampleError("Caught CorruptSampleError in DataLoader worker process 0.\nOriginal Traceback "
+                                 "(most recent call last):\n  File ...\ndistill.data.corrupt.CorruptSampleError: "
+                                 "no usable sample in any of the 1 shards (bad.tar)")
+    assert worker_message(wrapped) == "no usable sample in any of the 1 shards (bad.tar)"

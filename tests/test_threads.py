@@ -64,11 +64,12 @@ def test_proc_stat_is_read_as_busy_and_total_jiffies(tmp_path):
     assert busy is None or 0.0 <= busy <= (threads.os.cpu_count() or 1) + 1e-9
 
 
-def test_the_cli_sets_and_says_the_thread_count(capsys, monkeypatch):
+def test_the_cli_sets_and_says_the_thread_count(capsys, monkeypatch, tmp_path):
     from distill.cli import main
 
     before = torch.get_num_threads()
     monkeypatch.setenv("DISTILL_NUM_THREADS", "2")
+    monkeypatch.chdir(tmp_path)  # the dry run looks at run.dir (runs/demo): not the checkout's
     try:
         assert main(["fit", str(RECIPES / "demo.yaml"), "--dry-run"]) == 0
         assert torch.get_num_threads() == 2

@@ -45,17 +45,19 @@ def add_parser(sub, name):
 def read_png(path: str, what: str):
     """PNG -> float tensor (C, H, W) in [-1, 1]: 'L' gives C = 1, RGB gives C = 3 (alpha dropped)."""
     import torch
-    from PIL import Image, UnidentifiedImageError
 
     from distill.cli import BadInput
+    from distill.data.images import UndecodableImage, open_image
 
     if not Path(path).is_file():
         raise BadInput(f"{what} {path}: no such file")
     try:
-        img = Image.open(path)
+        img = open_image(path)
         img.load()
-    except (UnidentifiedImageError, OSError) as err:
-        raise BadInput(f"{what} {path}: not a readable image ({err})") from None
+    except UndecodableImage as err:
+        raise BadInput(f"{what} {path}: {err}") from None
+    except Exception as err:  # noqa: BLE001 - corrupt data: OSError, SyntaxError, EOFError, struct.error...
+        raise BadInput(f"{what} {path}: not a readable image ({type(err).__name__}: {err})") from None
     grey = img.mode in ("1", "L", "LA", "I", "F") or img.mode.startswith("I;")
     arr = np.asarray(img.convert("L"))[..., None] if grey else np.asarray(img.convert("RGB"))
     return torch.from_numpy(arr.astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)

@@ -129,3 +129,15 @@ def load_images(src: str | Path, shape: tuple[int, ...], strict: bool = False
         raise FileNotFoundError(f"data.path {src}: no readable images (png, jpg, webp, ...) found")
     lab = torch.tensor(labels)
     return torch.stack(images), (lab if (lab >= 0).any() else None), skipped
+
+
+def first_image(src: str | Path, shape: tuple[int, ...]) -> str:
+    """The name of the first image of a folder or zip that decodes (`distill fit --dry-run`); raises
+    FileNotFoundError when there is none."""
+    for key, ext, data, _ in iter_raw(src):
+        try:
+            decode_image(data, shape)
+            return f"{key}.{ext}"
+        except UndecodableImage:
+            continue
+    raise FileNotFoundError(f"data.path {src}: no readable images (png, jpg, webp, ...) found")

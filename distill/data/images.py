@@ -6,15 +6,41 @@ Shared by image folders, EDM zips and webdataset shards, so every source yields 
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import torch
 
 IMAGE_EXTENSIONS = ("png", "jpg", "jpeg", "webp", "bmp", "ppm", "tif", "tiff")
+# A decompression bomb (a small file that claims 20000 x 20000 pixels) would take gigabytes to decode. The
+# largest images anything here reads are data set originals (LSUN, ImageNet: under 2 Mpx) and edit inputs at
+# the student's size; 64 Mpx (8192 x 8192) leaves room and stays below PIL's own warning (89 Mpx).
+MAX_PIXELS = 1 << 26
 
 
 class UndecodableImage(ValueError):
     pass
+
+
+def open_image(fp, max_pixels: int = MAX_PIXELS):
+    """PIL.Image.open (lazy: the header only), refusing images over `max_pixels` before any decoding.
+    Raises UndecodableImage for those and for anything PIL cannot identify."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(fp)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+            raise UndecodableImage(f"refused as a decompression bomb ({err})") from None
+        except Exception as err:  # noqa: BLE001 - untrusted bytes: any failure means "not an image we read"
+            raise UndecodableImage(f"{type(err).__name__}: {err}") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        img.close()
+        raise UndecodableImage(f"{width}x{height} pixels, more than the {max_pixels} an input may have "
+                               "(a decompression bomb?); downscale it first")
+    return img
 
 
 def to_tensor(img, shape: tuple[int, ...]) -> torch.Tensor:
@@ -36,16 +62,14 @@ def to_tensor(img, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def decode_image(data: bytes, shape: tuple[int, ...]) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
-
     if len(shape) != 3:
         raise ValueError(f"image data needs a teacher with (C, H, W) images, not shape {tuple(shape)}")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
+    with open_image(io.BytesIO(data)) as img:
+        try:
             img.load()
             return to_tensor(img, shape)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise UndecodableImage(f"{type(err).__name__}: {err}") from None
+        except Exception as err:  # noqa: BLE001 - corrupt data raises OSError, SyntaxError, EOFError, struct.error...
+            raise UndecodableImage(f"{type(err).__name__}: {err}") from None
 
 
 def decode_label(data: bytes | str | int | None) -> int:

@@ -16,30 +16,28 @@ may stand in for the image.
 - Randomness (shard draws, shuffle buffer, x-flips) comes from (seed, start step, epoch, rank, worker):
   a resumed run draws a fresh, reproducible stream; it does not replay the interrupted one sample for
   sample (use an in-memory source for bit-exact resume).
-- Corrupt data: `skip` counts each bad sample or shard and logs it (shard and key); `strict` raises
-  CorruptSampleError naming them.
+- Corrupt data: `skip` counts each bad sample or shard per shard and logs the first few, then summary
+  lines (distill/data/corrupt.py); once every shard has been read since the last good sample without
+  giving one, it raises CorruptSampleError naming the shards (nothing could ever come). `strict` raises
+  CorruptSampleError at the first bad sample, naming it. A pass (or an epoch) with no sample at all raises
+  too, instead of training on nothing.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import random
 import tarfile
-from collections import Counter
 from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from distill.data.corrupt import CorruptSampleError, Progress, SkipLog
 from distill.data.images import IMAGE_EXTENSIONS, UndecodableImage, decode_image, decode_label
 from distill.data.step_batches import mix_seed
 
-log = logging.getLogger("distill.data")
-
-
-class CorruptSampleError(RuntimeError):
-    pass
+__all__ = ["CorruptSampleError", "ShardSamples", "build_loader", "expand_urls", "first_sample"]
 
 
 def expand_urls(path: str) -> list[str]:
@@ -103,45 +101,62 @@ class ShardSamples(IterableDataset):
         self.xflip, self.corrupt, self.need_labels = xflip, corrupt, need_labels
         self.captions, self.latent_shape = captions, latent_shape
         self.epoch = 0  # bumped in the main process by EpochLoader before workers start
-        self.skipped: Counter = Counter()  # in this process; workers log theirs
+        self.skips = SkipLog()  # in this process; workers count and log theirs
+
+    @property
+    def skipped(self):
+        return self.skips.skipped
 
     # -- policy ----------------------------------------------------------------------------------------
     def _bad(self, what: str, url: str, key: str, reason: str) -> None:
-        where = f"shard {url}" + (f", sample {key!r}" if key else "")
         if self.corrupt == "strict":
+            where = f"shard {url}" + (f", sample {key!r}" if key else "")
             raise CorruptSampleError(f"{where}: {reason} (data.corrupt=strict; set data.corrupt=skip to skip "
                                      "corrupt samples, or rewrite the shard with `distill shards`)")
-        self.skipped[what] += 1
-        log.warning("skipped %s (%s); %d skipped so far in this process", where, reason,
-                    sum(self.skipped.values()))
+        self.skips.record(what, url, key, reason)
 
-    def _samples(self, shards: Iterator[dict]) -> Iterator[dict]:
+    def _samples(self, shards: Iterator[dict], progress: Progress) -> Iterator[dict]:
         """webdataset's tar reading (gopen, tar_file_iterator, group_by_keys), one shard at a time, so
-        that an unreadable or truncated shard is reported with its URL."""
+        that an unreadable or truncated shard is reported with its URL. Until a read has given one good
+        sample, its samples are decoded here, before the shuffle buffer, so that `progress` learns of a
+        dead read when the read ends (the samples that follow are decoded after the shuffle, as usual)."""
         from webdataset.gopen import gopen
         from webdataset.tariterators import group_by_keys, reraise_exception, tar_file_iterator
 
+        check = random.Random(0)  # the pre-check's own x-flip draws, so the stream's draws stay as they were
         for shard in shards:
-            url = shard["url"]
+            url, found_good = shard["url"], False
             stream = None
             try:
                 stream = _TailStream(gopen(url))
                 files = ({**f, "__url__": url} for f in tar_file_iterator(stream, handler=reraise_exception))
-                yield from group_by_keys(files)
+                for sample in group_by_keys(files):
+                    if not found_good:
+                        found_good = self._decode(sample, check) is not None
+                        if not found_good:
+                            continue  # counted and logged by _decode
+                    yield sample
                 stream.check_complete(url)
             except (tarfile.TarError, OSError, EOFError, ValueError, KeyError) as exn:
                 self._bad("shards", url, "", f"{type(exn).__name__}: {exn}")
             finally:
                 if stream is not None:
                     stream.close()
+            progress.shard_done(url, found_good)
+            if progress.stuck():
+                raise progress.error(self.skips)
 
     # -- stages ----------------------------------------------------------------------------------------
-    def _shards(self, rng: random.Random, worker: int, num_workers: int) -> Iterator[dict]:
+    def _my_urls(self, worker: int, num_workers: int) -> list[str]:
+        """Resampled: every shard. One pass: rank r takes every world_size-th, then worker w every
+        num_workers-th of those."""
+        return self.urls if self.resampled else self.urls[self.rank::self.world_size][worker::num_workers]
+
+    def _shards(self, rng: random.Random, urls: list[str]) -> Iterator[dict]:
         if self.resampled:
             while True:
-                yield {"url": rng.choice(self.urls)}
-        # One pass: rank r takes every world_size-th shard, then its worker w every num_workers-th.
-        for url in self.urls[self.rank::self.world_size][worker::num_workers]:
+                yield {"url": rng.choice(urls)}
+        for url in urls:
             yield {"url": url}
 
     def _decode(self, sample: dict, rng: random.Random) -> tuple[torch.Tensor, int | str] | None:
@@ -172,7 +187,11 @@ class ShardSamples(IterableDataset):
 
         worker, num_workers = _worker()
         rng = random.Random(mix_seed(self.seed, self.start_step, self.epoch, self.rank, worker))
-        stream = self._samples(self._shards(rng, worker, num_workers))
+        urls = self._my_urls(worker, num_workers)
+        # One pass: a worker whose few shards are all bad just ends; the epoch check (EpochLoader) speaks
+        # for the whole pass. Resampled: every worker draws from every shard, so it can judge alone.
+        progress = Progress(urls if self.resampled else [])
+        stream = self._samples(self._shards(rng, urls), progress)
         if self.shuffle_buffer > 1:
             stream = wds.shuffle(self.shuffle_buffer, initial=min(100, self.shuffle_buffer), rng=rng)(stream)
         for sample in stream:
@@ -208,7 +227,16 @@ class EpochLoader(DataLoader):
 
     def __iter__(self):
         self.samples.epoch += 1
-        return super().__iter__()
+        count = 0
+        for batch in super().__iter__():
+            count += 1
+            yield batch
+        if count == 0:  # a whole pass over the shards gave nothing: training would loop over empty epochs
+            urls = self.samples.urls
+            shown = ", ".join(urls[:3]) + (", ..." if len(urls) > 3 else "")
+            raise CorruptSampleError(f"no usable sample in the {len(urls)} shards ({shown}) for rank "
+                                     f"{self.samples.rank}: every sample was undecodable, unlabelled or unreadable "
+                                     "(see the warnings above); check data.path")
 
 
 def build_loader(dataset: ShardSamples, batch_size: int, num_workers: int, epoch_batches: int):
@@ -224,3 +252,15 @@ def build_loader(dataset: ShardSamples, batch_size: int, num_workers: int, epoch
     if epoch_batches > 0:
         pipeline = pipeline.with_epoch(epoch_batches)
     return pipeline
+
+
+def first_sample(path: str, shape: tuple[int, ...], corrupt: str = "skip", need_labels: bool = False):
+    """(x, label) of the first good sample of the shards at `path`, read in order (`distill fit --dry-run`
+    and the start of a real run). Raises CorruptSampleError when no shard has one."""
+    samples = ShardSamples(expand_urls(path), shape, resampled=False, shuffle_buffer=0, corrupt=corrupt,
+                           need_labels=need_labels)
+    for x, label in samples:
+        return x, label
+    raise CorruptSampleError(f"data.path {path}: no usable sample in its {len(samples.urls)} shards "
+                             f"({samples.skips.summary()}); check the path, or rewrite the shards with "
+                             "`distill shards`")

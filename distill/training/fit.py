@@ -1,18 +1,22 @@
 """`distill fit`: a recipe in, a run directory out (DESIGN.md, "Command line").
 
 Order matters for the contract "bad input never leaves a half-written run behind": the teacher,
-data and student are built first, and only then is the run directory created.
+data and student are built and checked first (distill/training/preflight.py), and only then is the run
+directory created. A run that fails before its first checkpoint removes the directory it created (there
+is nothing to resume), and a directory whose run never saved a checkpoint or an export does not block
+the corrected rerun. A rerun of a finished run completes what a kill cut off (distill/training/finish.py).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
+from distill import safe_yaml
 from distill.config import ConfigError, blocking_differences, to_plain
 
 
@@ -26,13 +30,44 @@ def is_global_rank_zero() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
+def check_run_dir_path(raw: str) -> Path:
+    """run.dir as a path that can become a directory: no unexpanded `~`, not a file, not under one."""
+    if str(raw).startswith("~"):
+        raise ConfigError(f"run.dir {raw}: '~' is not expanded in a recipe; write the full path (e.g. "
+                          f"{Path(str(raw)).expanduser()}) or a relative one")
+    run_dir = Path(raw)
+    for p in (run_dir, *run_dir.parents):
+        if p.exists() and not p.is_dir():
+            where = "is a file" if p == run_dir else f"is under {p}, which is a file"
+            raise ConfigError(f"run.dir {run_dir} {where}; choose a directory path")
+    return run_dir
+
+
+def never_saved(run_dir: Path) -> bool:
+    """A run directory whose run stopped before its first checkpoint and export: nothing to resume or keep."""
+    return not (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "student.safetensors").is_file()
+
+
+def clear_leftovers(run_dir: Path) -> None:
+    """What a run that never saved left (killed before its first checkpoint): a new run starts over."""
+    for name in ("config.yaml", "metrics.csv", "student.json"):
+        (run_dir / name).unlink(missing_ok=True)
+    for name in ("samples", "checkpoints"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
 def plan_run_dir(cfg) -> tuple[Path, Path | None]:
     """(run_dir, checkpoint to resume or None). Raises ConfigError if the directory holds another run."""
-    run_dir = Path(cfg.run.dir)
+    run_dir = check_run_dir_path(cfg.run.dir)
     saved = run_dir / "config.yaml"
     if saved.is_file():
-        old = yaml.safe_load(saved.read_text()) or {}
-        diff = blocking_differences(old, to_plain(cfg))
+        if never_saved(run_dir):
+            return run_dir, None  # it starts over, whatever its config was
+        try:
+            old = safe_yaml.load(saved.read_text()) or {}
+        except (yaml.YAMLError, ValueError, OSError) as err:
+            raise ConfigError(f"{saved}: unreadable ({err}); restore it, or use another run.dir") from None
+        diff = blocking_differences(old, to_plain(cfg)) if isinstance(old, dict) else ["(all)"]
         if diff:
             raise ConfigError(f"{run_dir} holds a run with a different config (keys: {', '.join(diff)}); "
                               "use another run.dir, or delete that directory to start over")
@@ -43,11 +78,6 @@ def plan_run_dir(cfg) -> tuple[Path, Path | None]:
         raise ConfigError(f"run.dir {run_dir} exists and is not a distill run (no config.yaml); "
                           "choose an empty or new directory")
     return run_dir, None
-
-
-def checkpoint_step(path: Path) -> int:
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    return int(ckpt.get("global_step", 0))
 
 
 def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | None = None):
@@ -68,7 +98,10 @@ def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | Non
     plugins = [AtomicCheckpointIO()]
     if SLURMEnvironment.detect():  # our PreemptionCheckpoint requeues; Lightning's saves inside its handler
         plugins.append(SLURMEnvironment(auto_requeue=False))
-    callbacks = [NaNGuard(checkpoint_every_n_steps=cfg.checkpoint.every_n_steps)]
+    # First, so that on every step where a later callback acts, NaN is caught before it saves or samples.
+    callbacks = [NaNGuard(also_every=(cfg.checkpoint.every_n_steps, cfg.eval.every_n_steps,
+                                      cfg.eval.grid_every_n_steps),
+                          checkpoint_path=run_dir / "checkpoints" / "last.ckpt")]
     if cfg.ema.rates:
         callbacks.append(StudentEMA(cfg.ema.rates))
     if cfg.eval.fid:  # after StudentEMA, so it evaluates averages that include this step
@@ -104,10 +137,12 @@ def prepare_teacher_and_student(cfg, teacher_spec, teacher=None):
     import teachers
     from distill.training.module import ConsistencyDistillation
     from distill.training.scaling import checkpoint_blocks, compile_student, teacher_outside_autocast
+    from teachers.base import check_attributes
 
     spec = dict(teacher_spec)
     autocast = bool(spec.pop("autocast", False))
     teacher = teachers.load(teacher if teacher is not None else spec)
+    check_attributes(teacher)  # a NaN sigma_data trains a NaN student; refuse it before building on it
     L.seed_everything(cfg.run.seed, workers=True, verbose=False)  # the student's initial weights
     if "mixed" in str(cfg.trainer.precision) and not autocast:
         teacher_outside_autocast(teacher)
@@ -132,33 +167,62 @@ def write_config(run_dir: Path, cfg) -> None:
 
 
 def resume_message(step: int, max_steps: int, checkpoint: Path) -> str:
-    if step >= max_steps:
+    if max_steps != -1 and step >= max_steps:
         return f"already finished at step {step}; raise trainer.max_steps to train longer"
     return f"resuming at step {step} of {max_steps} (from {checkpoint})"
+
+
+def prepare(cfg, teacher=None):
+    """(run_dir, resume checkpoint, resume step, teacher, module, datamodule): everything checked, nothing
+    created. Bad input raises ConfigError / TeacherSpecError / FileNotFoundError (exit 2)."""
+    from distill.data import DistillDataModule
+    from distill.training.preflight import check_data, check_resume_checkpoint, probe_teacher, target_dtype
+    from teachers.registry import TeacherSpecError
+
+    run_dir, resume = plan_run_dir(cfg)
+    spec = to_plain(cfg)["teacher"]
+    try:
+        teacher, module = prepare_teacher_and_student(cfg, spec, teacher)
+        probe_teacher(teacher, target_dtype(module), spec)
+        resume_step = check_resume_checkpoint(resume, module) if resume else None
+        start = (resume_step or 0) * cfg.trainer.accumulate_grad_batches
+        data = DistillDataModule(cfg, teacher, start_step=start)
+        if data.streamed:  # in-memory sets were just read whole; shards are read until a first good sample
+            check_data(cfg, teacher)
+    except TeacherSpecError:
+        raise
+    except (ValueError, KeyError) as err:  # a recipe that names things that do not fit together
+        raise ConfigError(str(err).strip("'\"")) from err
+    return run_dir, resume, resume_step, teacher, module, data
 
 
 def fit(cfg, teacher=None):
     """Train as the recipe says. `teacher` may be any Denoiser object (overrides the recipe's block).
 
     Raises `distill.training.callbacks.preemption.Preempted` after a preemption checkpoint (the caller exits)."""
-    from distill.data import DistillDataModule
     from distill.quiet import quiet_third_party
+    from distill.training.finish import complete_finished_run, remove_stale_tmp
     from distill.training.loggers import check_available
 
     quiet_third_party()
     check_available(cfg.log.loggers)  # before the teacher and data are built: seconds sooner
-    run_dir, resume = plan_run_dir(cfg)
-    try:
-        teacher, module = prepare_teacher_and_student(cfg, to_plain(cfg)["teacher"], teacher)
-        resume_step = checkpoint_step(resume) if resume else None
-        start = (resume_step or 0) * cfg.trainer.accumulate_grad_batches
-        data = DistillDataModule(cfg, teacher, start_step=start)
-    except (ValueError, KeyError) as err:  # a recipe that names things that do not fit together
-        raise ConfigError(str(err).strip("'\"")) from err
+    run_dir, resume, resume_step, teacher, module, data = prepare(cfg, teacher)
     trainer = build_trainer(cfg, run_dir, resume_step=resume_step)
-    if is_global_rank_zero():
+    rank_zero = is_global_rank_zero()
+    created = not run_dir.exists() or not any(run_dir.iterdir())
+    if rank_zero:
+        remove_stale_tmp(run_dir)
+        if resume is None and (run_dir / "config.yaml").is_file() and never_saved(run_dir):
+            clear_leftovers(run_dir)
         write_config(run_dir, cfg)
         if resume_step is not None:
             print(resume_message(resume_step, cfg.trainer.max_steps, resume), file=sys.stderr, flush=True)
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    except BaseException:
+        if rank_zero and created and never_saved(run_dir):
+            shutil.rmtree(run_dir, ignore_errors=True)  # failed before its first checkpoint: nothing to keep
+        raise
+    if rank_zero:
+        complete_finished_run(trainer, module, run_dir)
     return run_dir

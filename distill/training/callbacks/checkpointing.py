@@ -36,7 +36,11 @@ class LastCheckpoint(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step  # counts optimizer steps; micro-batches of one step share it
-        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._saved_step:
+        # Not at the last step: on_train_end saves it after the final evaluation, so a checkpoint at max_steps
+        # means the end-of-training work up to it is done (distill/training/finish.py).
+        last = trainer.max_steps != -1 and step >= trainer.max_steps
+        if self.every_n_steps > 0 and step > 0 and step % self.every_n_steps == 0 and step != self._saved_step \
+                and not last:
             trainer.save_checkpoint(self.path, weights_only=False)
             self._saved_step = step
 

@@ -1,4 +1,4 @@
-"""Writes student.safetensors + student.json at the end of training (rank 0)."""
+"""Writes student.safetensors + student.json at the end of training (rank 0), recording the step."""
 
 from __future__ import annotations
 
@@ -21,5 +21,5 @@ class ExportStudent(L.Callback):
             state, weights = ema.weights(), f"ema_{ema.rates[0]}"
         else:
             state, weights = pl_module.student.net.state_dict(), "online"
-        meta = student_metadata(pl_module.cfg, pl_module.teacher, pl_module.student)
+        meta = dict(student_metadata(pl_module.cfg, pl_module.teacher, pl_module.student), step=trainer.global_step)
         write_export(self.run_dir, meta, state, weights)

@@ -11,6 +11,13 @@ install its handler over ours.
 
 Signals: SIGUSR1 (what `#SBATCH --signal=USR1@120` sends before the time limit) and SIGTERM (what
 `scancel`, torchrun's agent and Kubernetes send first).
+
+A run can also be stuck between batches, waiting for data that never comes (a hung `pipe:` command, a
+stalled file system): no batch boundary, so the flag would never be read and the signal ignored. So a
+signal that arrives while the loop waits for its next batch starts a timer: if no batch has started
+after `stall_grace_s`, or a second signal arrives first, the handler raises `Interrupted` (no new
+checkpoint: the state is the last one saved). SIGINT (Ctrl-C) is Python's KeyboardInterrupt, which
+Lightning turns into a shutdown.
 """
 
 from __future__ import annotations
@@ -19,12 +26,18 @@ import os
 import re
 import signal
 import subprocess
+import threading
 from pathlib import Path
 
 import lightning as L
 import torch
 
 SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+STALL_GRACE_S = 10.0  # a batch normally comes within this; Kubernetes' default grace before SIGKILL is 30 s
+
+
+class Interrupted(Exception):
+    """A signal stopped a run that was waiting for its next batch; no new checkpoint was written."""
 
 
 class Preempted(Exception):
@@ -56,18 +69,58 @@ def requeue_slurm_job() -> str | None:
 
 
 class PreemptionCheckpoint(L.Callback):
-    def __init__(self, checkpoint_path: Path, signals=SIGNALS, every_n_steps: int = 10):
+    def __init__(self, checkpoint_path: Path, signals=SIGNALS, every_n_steps: int = 10,
+                 stall_grace_s: float = STALL_GRACE_S):
         self.path = Path(checkpoint_path)
         self.signals = tuple(signals)
         # On several ranks the agreement costs a host sync, so it happens every n optimizer steps (a
         # signal comes minutes before the kill); one process checks its flag every step for free.
         self.every_n_steps = max(1, int(every_n_steps))
+        self.stall_grace_s = float(stall_grace_s)
         self.received = 0  # the signal number, 0 while none arrived
         self._previous: dict[int, object] = {}
         self._seen_step = -1
+        self._waiting = True  # between two batches (or before the first): see the module docstring
+        self._timer: threading.Timer | None = None
+        self._stalled = False
+        self._step = 0
 
     def _handler(self, signum, frame):
-        self.received = signum  # nothing else here: no I/O, no collectives (see module docstring)
+        # No I/O, no collectives here (see module docstring): a flag, or a raise while no batch runs.
+        first = not self.received
+        self.received = self.received or signum
+        if not self._waiting:
+            return  # inside a batch: its end saves the checkpoint and stops
+        if first:
+            self._arm_timer()
+            return
+        raise Interrupted(self._interrupted_message())
+
+    def _arm_timer(self) -> None:
+        self._timer = threading.Timer(self.stall_grace_s, self._stall, args=(threading.main_thread().ident,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _stall(self, main_thread: int) -> None:
+        """Timer thread: no batch started in time; a second signal (to the main thread) makes it stop."""
+        if self._waiting:
+            self._stalled = True
+            signal.pthread_kill(main_thread, self.received)
+
+    def _interrupted_message(self) -> str:
+        name = signal.Signals(self.received).name
+        why = (f"no batch came within {self.stall_grace_s:g} s" if self._stalled else "a second signal came")
+        kept = "no checkpoint had been written yet"
+        if self.path.is_file():
+            step = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)["global_step"]
+            kept = f"{self.path} (step {step}) is kept"
+        return (f"{name} received while waiting for the next batch and {why}: stopped at step {self._step} "
+                f"without a new checkpoint; {kept}. If the data source hangs, check data.path")
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def on_fit_start(self, trainer, pl_module):
         # Installed after Lightning's signal connector, so this replaces its SIGTERM handler (which
@@ -77,15 +130,30 @@ class PreemptionCheckpoint(L.Callback):
             signal.signal(sig, self._handler)
 
     def teardown(self, trainer, pl_module, stage):
+        self._cancel_timer()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._waiting = False
+        self._cancel_timer()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        try:
+            self._batch_end(trainer, pl_module)
+        finally:
+            self._step, self._waiting = trainer.global_step, True
+            if self.received and self._timer is None:  # several ranks: a flag not yet agreed on
+                self._arm_timer()
+
+    def _batch_end(self, trainer, pl_module):
         step = trainer.global_step
         if step == self._seen_step:
             return  # inside a gradient-accumulation cycle: only optimizer-step boundaries resume exactly
         self._seen_step = step
+        if trainer.max_steps != -1 and step >= trainer.max_steps:
+            return  # the run ends now; on_train_end saves the final checkpoint after the final evaluation
         if trainer.world_size == 1:
             signum = self.received
         elif step % self.every_n_steps == 0:  # every rank reaches this at the same step
