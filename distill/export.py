@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from distill.api import Student  # the ConsistencyStudent with sample/edit methods that users hold
-from distill.math.precond import ConsistencyStudent
+from distill.math.precond import PARAMETERISATIONS, ConsistencyStudent
 from teachers.feeding import build_feeding
 from teachers.networks import build_network
 
@@ -48,6 +48,7 @@ def student_metadata(cfg, teacher, student: ConsistencyStudent) -> dict[str, Any
                     "sha256": getattr(teacher, "file_sha256", None), "licence": getattr(teacher, "licence", None)},
         "network": dict(student.net.build_spec),
         "feeding": student.feeding.spec(),
+        "parameterisation": student.parameterisation,  # cm | trigflow (distill/math/precond.py); absent = cm
         "sigma_min": student.sigma_min,
         "sigma_max": student.sigma_max,
         "sigma_data": student.sigma_data,
@@ -94,11 +95,16 @@ def _grid_of_recipe(meta: dict[str, Any]) -> dict:
 
 def rebuild_student(meta: dict[str, Any]) -> ConsistencyStudent:
     meta = upgrade_metadata(meta)
+    parameterisation = meta.get("parameterisation", "cm")  # files written before sCM have no key: all "cm"
+    if parameterisation not in PARAMETERISATIONS:
+        raise StudentLoadError(f"student.json names parameterisation {parameterisation!r}; this version knows "
+                               f"{', '.join(PARAMETERISATIONS)} (was the file written by a newer distill?)")
     net_spec = dict(meta["network"])
     net = build_network(net_spec.pop("name"), **net_spec)
     student = Student(net, build_feeding(meta["feeding"]), sigma_min=meta["sigma_min"],
                       sigma_max=meta["sigma_max"], sigma_data=meta["sigma_data"],
-                      image_shape=tuple(meta["image_shape"]), num_classes=meta["num_classes"])
+                      image_shape=tuple(meta["image_shape"]), num_classes=meta["num_classes"],
+                      parameterisation=parameterisation)
     student.sampling_sigmas = meta.get("sampling_sigmas", {})
     student.training_sigmas = meta.get("training_sigmas") or {"pairs": "continuous"}
     student.meta = meta

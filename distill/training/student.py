@@ -6,6 +6,7 @@ import copy
 import inspect
 
 from distill.math.precond import ConsistencyStudent
+from distill.math.trigflow import TrigFlowFeeding
 from teachers.base import BackboneFeeding
 from teachers.networks import _NETWORKS, _import_all, build_network
 
@@ -40,6 +41,11 @@ def student_sigma_range(cfg, teacher) -> tuple[float, float]:
 
 
 def build_student(cfg, teacher) -> ConsistencyStudent:
+    """The method decides the parameterisation (distill/methods/plan.py: cm, or trigflow for sCD/sCT); a fresh
+    TrigFlow network is fed as sCM prescribes (distill/math/trigflow.py), a copied backbone as the teacher feeds it."""
+    from distill.methods.plan import METHODS
+
+    parameterisation = METHODS[cfg.method.name].parameterisation
     init = cfg.student.init
     backbone = getattr(teacher, "backbone", None)
     if init == "teacher" and backbone is None:
@@ -59,7 +65,7 @@ def build_student(cfg, teacher) -> ConsistencyStudent:
         network = OmegaConf.to_container(cfg.student.network) if not isinstance(cfg.student.network, dict) \
             else cfg.student.network
         net = build_network(**network_spec_for(network, teacher))
-        feeding = BackboneFeeding(teacher.sigma_data)
+        feeding = (TrigFlowFeeding if parameterisation == "trigflow" else BackboneFeeding)(teacher.sigma_data)
     return ConsistencyStudent(net, feeding, sigma_min=sigma_min, sigma_max=sigma_max,
                               sigma_data=teacher.sigma_data, image_shape=teacher.image_shape,
-                              num_classes=getattr(teacher, "num_classes", 0))
+                              num_classes=getattr(teacher, "num_classes", 0), parameterisation=parameterisation)
