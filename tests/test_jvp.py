@@ -1,6 +1,7 @@
 """sCM's time derivative through every network family: the forward-mode JVP equals a central finite difference
-in float64 (relative error <= 1e-6), in training mode with dropout on (the masks fixed by a forked RNG), through
-attention and group norm; under bf16 autocast the JVP still runs in float32."""
+in float64 (relative error <= 1e-6) and torch.func.jvp's, in training mode with dropout on (the masks fixed by a
+forked RNG), through attention and group norm; the cheaper tangent rules are the ones taken; under bf16 autocast
+the JVP still runs in float32."""
 
 from __future__ import annotations
 
@@ -63,6 +64,10 @@ def jvp_and_finite_difference(student, shape, num_classes: int, eps: float = 1e-
 
     F, J = run(lambda: time_derivative(student, x_t, t, v, cond))
     c = t.cos() * t.sin()
+    # torch.func.jvp with PyTorch's own tangent rules gives the same derivative (float64 rounding apart).
+    _, J_func = run(lambda: torch.func.jvp(lambda x_, t_: trigflow_F(student, x_, t_, cond), (x_t, t),
+                                           (expand_like(c, v) * v, c)))
+    assert ((J - J_func).norm() / J_func.norm()).item() < 1e-10
     G = lambda s: run(lambda: trigflow_F(student, x_t + s * expand_like(c, v) * v, t + s * c, cond).detach())
     fd = (G(eps) - G(-eps)) / (2 * eps)
     return F, J, fd, G(0.0)
@@ -129,3 +134,20 @@ def test_forward_mode_is_detected_inside_a_jvp_only():
     torch.func.jvp(lambda x: seen.append((forward_mode_active(), has_tangent(x), has_tangent(x.detach()))) or x,
                    (torch.ones(2),), (torch.ones(2),))
     assert seen == [(True, True, False)] and not forward_mode_active()
+
+
+def test_the_cheaper_tangent_rules_are_taken(monkeypatch):
+    from teachers.networks import forward_ad
+
+    calls = []
+    for cls in (forward_ad._Linear, forward_ad._GroupNorm):
+        inner = cls.jvp
+        monkeypatch.setattr(cls, "jvp", staticmethod(lambda ctx, *a, _inner=inner, _cls=cls:
+                                                     calls.append(_cls.__name__) or _inner(ctx, *a)))
+    shape, classes, spec = NETWORKS["small_unet"]
+    student = trigflow_student(spec, shape, classes, TrigFlowFeeding(SD))
+    time_derivative(student, torch.randn(2, *shape, dtype=torch.float64), torch.tensor([0.5, 1.0]).double(),
+                    torch.randn(2, *shape, dtype=torch.float64))
+    assert calls.count("_GroupNorm") == sum(isinstance(m, torch.nn.GroupNorm) for m in student.modules())
+    convs_and_linears = sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in student.modules())
+    assert calls.count("_Linear") == convs_and_linears

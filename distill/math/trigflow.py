@@ -20,6 +20,7 @@ import torch
 
 from teachers.base import BackboneFeeding, expand_like
 from teachers.feeding import register_feeding
+from teachers.networks.forward_ad import jvp
 
 
 def t_of_sigma(sigma: torch.Tensor, sigma_data: float) -> torch.Tensor:
@@ -77,7 +78,8 @@ def data_velocity(x0: torch.Tensor, z: torch.Tensor, t: torch.Tensor) -> torch.T
 
 @torch.no_grad()
 def time_derivative(student, x_t: torch.Tensor, t: torch.Tensor, dxdt: torch.Tensor, cond=None):
-    """(F, cos t sin t dF/dt) of the stop-gradient student along the trajectory, by one forward-mode JVP.
+    """(F, cos t sin t dF/dt) of the stop-gradient student along the trajectory, by one forward-mode JVP
+    (teachers/networks/forward_ad.py: PyTorch's forward AD with cheaper tangent rules for the common layers).
 
     dF/dt = dF/dx_t . dx_t/dt + dF/dt|_x; sCM Alg. 1 scales both tangents by cos t sin t ("JVP rearrangement"),
     which keeps them bounded at t -> pi/2 where dx_t/dt-driven terms would blow up. Always in at least float32 and
@@ -87,5 +89,5 @@ def time_derivative(student, x_t: torch.Tensor, t: torch.Tensor, dxdt: torch.Ten
     x, tt, v = x_t.to(dtype), t.to(dtype), dxdt.to(dtype)
     scale = tt.cos() * tt.sin()
     with torch.autocast(x.device.type, enabled=False):
-        return torch.func.jvp(lambda x_, t_: trigflow_F(student, x_, t_, cond).to(dtype), (x, tt),
-                              (expand_like(scale, v) * v, scale))
+        return jvp(lambda x_, t_: trigflow_F(student, x_, t_, cond).to(dtype), (x, tt),
+                   (expand_like(scale, v) * v, scale))
