@@ -37,7 +37,8 @@ def traj_rmse(student, exact, num=256):
     return rms(s["student"][1], s["reference"])
 
 
-@pytest.mark.parametrize("method", [pytest.param(m, marks=[pytest.mark.slow] if m in SLOW else []) for m in sorted(RUNS)])
+@pytest.mark.parametrize("method", [pytest.param(m, marks=[pytest.mark.slow] if m in SLOW else [])
+                                    for m in sorted(RUNS)])
 def test_each_method_lowers_one_step_trajectory_error(method, tmp_path):
     from distill.training.fit import fit
 
