@@ -117,6 +117,9 @@ class MethodConfig:
     # sCD/sCT (distill/methods/scm.py): tangent warm-up over the first H steps (sCM: 10k) and normalisation constant.
     tangent_warmup_steps: int = 10000
     tangent_c: float = 0.1
+    # Adam lr of the learned weighting w_phi(t): EDM2 trains its uncertainty head at its own lr (~1e-2); at a
+    # student's lr (1e-4) w would need ~10k steps to move by the few units the loss scales across t differ.
+    weighting_lr: float = 1.0e-2
 
 
 @dataclass

@@ -122,7 +122,10 @@ def test_scd_step_under_bf16_autocast_is_finite():
         loss = module.training_step((x0, torch.full((32,), -1)), 0)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
-    assert module.objective.weight.linear.weight.grad is not None  # w_phi trains with the student
+    assert module.objective.weight.linear.weight.grad is not None  # w_phi trains with the student ...
+    groups = module.configure_optimizers().param_groups  # ... at its own rate (method.weighting_lr)
+    assert [g["lr"] for g in groups] == [cfg.optim.lr, cfg.method.weighting_lr]
+    assert groups[1]["params"] == list(module.objective.parameters())
 
 
 @pytest.mark.slow

@@ -179,9 +179,9 @@ def _continuous_plan(cfg, teacher, method: Method, sigma_min: float, sigma_max: 
     if wrong:
         raise ValueError(f"method.name={m.name} trains sCM's own continuous-time objective (distill/methods/scm.py): "
                          f"{', '.join(wrong)} would have no effect; remove them from the recipe")
-    if m.tangent_warmup_steps < 0 or m.tangent_c <= 0:
-        raise ValueError(f"method.tangent_warmup_steps ({m.tangent_warmup_steps}) must be >= 0 and method.tangent_c "
-                         f"({m.tangent_c}) > 0")
+    if m.tangent_warmup_steps < 0 or m.tangent_c <= 0 or m.weighting_lr < 0:
+        raise ValueError(f"method.tangent_warmup_steps ({m.tangent_warmup_steps}) and method.weighting_lr "
+                         f"({m.weighting_lr}) must be >= 0, method.tangent_c ({m.tangent_c}) > 0")
     times = TrigFlowTimes(sigma_min, sigma_max, _pick(m.p_mean, method.p_mean), _pick(m.p_std, method.p_std))
     velocity = Velocity(teacher, method.target, teacher.sigma_data, getattr(torch, m.target_dtype))
     objective = SCMObjective(velocity, times, m.tangent_warmup_steps, m.tangent_c)

@@ -200,7 +200,9 @@ class ConsistencyDistillation(L.LightningModule):
         # with a fused optimizer under mixed precision (it unscales inside step), so those get foreach.
         t = self.cfg.trainer
         fused = o.name in ("adam", "adamw") and not (t.gradient_clip_val and "16" in str(t.precision))
-        params = list(self.student.parameters()) + (list(self.objective.parameters()) if self.objective else [])
+        params = [{"params": list(self.student.parameters())}]
+        if self.objective is not None:  # sCD/sCT's weighting w_phi, at its own rate (method.weighting_lr)
+            params.append({"params": list(self.objective.parameters()), "lr": self.cfg.method.weighting_lr})
         opt = cls(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                   weight_decay=o.weight_decay, **({"fused": True} if fused else {"foreach": True}))
         if o.warmup_steps <= 0 and o.schedule == "constant":
