@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,8 @@ def test_method_defaults_and_refusals():
         assert sigma.min() >= 0.002 and sigma.max() <= 80.0
         assert abs(sigma.log().median() - p_mean) < 0.1
     assert plan(resolve(TOY, ["method.name=scd", "method.p_std=2.0"]), exact, 0.002, 80.0).pairs.p_std == 2.0
-    for bad in ("loss.name=pseudo_huber", "method.mu=0.5", "method.curriculum=ict", "loss.weighting=snr"):
+    for bad in ("loss.name=pseudo_huber", "method.mu=0.5", "method.curriculum=ict", "loss.weighting=snr",
+                "method.pairs=grid"):
         with pytest.raises(ValueError, match="no effect"):
             plan(resolve(TOY, ["method.name=scd", bad]), exact, 0.002, 80.0)
 
@@ -149,3 +151,12 @@ def test_scd_ddp_two_processes_equal_one_process(tmp_path):
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
     assert worst < 1e-5, worst
 
+
+
+def test_a_fast_time_embedding_is_flagged_for_trigflow_students():
+    for net in ("{name: mlp, embedding_scale: 250.0}", "{name: mlp}"):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            ConsistencyDistillation(resolve(TOY, ["method.name=sct", f"student.network={net}"]),
+                                    teachers.load({"name": "toy2d"}))
+        assert any("smooth" in str(w.message) for w in seen) == ("250" in net)

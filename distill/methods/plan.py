@@ -174,6 +174,7 @@ def _continuous_plan(cfg, teacher, method: Method, sigma_min: float, sigma_max: 
                "method.index_sampling": (m.index_sampling, ("auto", "lognormal")),
                "method.mu_schedule": (m.mu_schedule, ("auto", "none")), "method.mu": (m.mu, (0, 0.0)),
                "method.solver_steps": (m.solver_steps, (1,)), "method.skip": (m.skip, (1,)),
+               "method.pairs": (m.pairs, ("continuous",)),
                "loss.name": (loss.name, ("l2",)), "loss.weighting": (loss.weighting, ("uniform",))}
     wrong = [f"{key}={value}" for key, (value, allowed) in ignored.items() if value not in allowed]
     if wrong:
