@@ -113,13 +113,21 @@ class MethodConfig:
     s0: int | None = None  # N(k) from s0 + 1 ...; None: the paper's (CT 2, iCT 10)
     s1: int | None = None  # ... to s1 + 1 levels; None: the paper's (CT 150, iCT 1280)
     total_steps: int | None = None  # K of the curricula; None: trainer.max_steps
-    p_mean: float = -1.1  # lognormal over ln(sigma) (iCT index sampling, ECT's t)
-    p_std: float = 2.0
+    # Lognormal over ln(sigma) (iCT index sampling, ECT's t, sCM's t); None: the method's paper's
+    # (iCT/ECT -1.1, 2.0; sCD -0.8, 1.6; sCT -1.0, 1.4: distill/methods/plan.py).
+    p_mean: float | None = None
+    p_std: float | None = None
     ect_q: float = 2.0  # ECT: the gap t - r shrinks by q every ect_stage_steps (None: K / 8)
     ect_stage_steps: int | None = None
     ect_k: float = 8.0  # ECT's n(t) = 1 + k sigmoid(-b t)
     ect_b: float = 1.0
     dropout: float | None = None  # rate of the student's dropout layers; None: as the network was built
+    # sCD/sCT (distill/methods/scm.py): tangent warm-up over the first H steps (sCM: 10k) and normalisation constant.
+    tangent_warmup_steps: int = 10000
+    tangent_c: float = 0.1
+    # Adam lr of the learned weighting w_phi(t): EDM2 trains its uncertainty head at its own lr (~1e-2); at a
+    # student's lr (1e-4) w would need ~10k steps to move by the few units the loss scales across t differ.
+    weighting_lr: float = 1.0e-2
 
 
 @dataclass
@@ -207,10 +215,10 @@ RESUMABLE_KEYS = ("trainer.max_steps", "trainer.log_every_n_steps", "trainer.ena
 CHOICES = {
     "student.init": ("auto", "teacher", "network"),
     "method.solver": ("heun", "euler", "ddim"),
-    "method.name": ("cd", "ct", "ict", "ect", "lcm"),
+    "method.name": ("cd", "ct", "ict", "ect", "lcm", "scd", "sct"),
     "method.index_sampling": ("auto", "uniform", "lognormal"),
     "method.pairs": ("continuous", "grid"),
-    "method.curriculum": ("auto", "fixed", "ct", "ict", "ect", "timesteps"),
+    "method.curriculum": ("auto", "fixed", "ct", "ict", "ect", "timesteps", "continuous"),
     "method.mu_schedule": ("auto", "fixed", "adaptive", "none"),
     "method.target_dtype": ("float64", "float32"),
     "loss.name": ("l2", "l1", "pseudo_huber", "pseudo_huber_elementwise", "lpips"),

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from distill.api import Student  # the ConsistencyStudent with sample/edit methods that users hold
-from distill.math.precond import ConsistencyStudent
+from distill.math.precond import PARAMETERISATIONS, ConsistencyStudent
 from distill.methods.lcm import build_boundary
 from teachers.feeding import build_feeding
 from teachers.files import build_checked, check_zip_sizes, refusing
@@ -54,6 +54,7 @@ def student_metadata(cfg, teacher, student: ConsistencyStudent) -> dict[str, Any
                     "sha256": getattr(teacher, "file_sha256", None), "licence": getattr(teacher, "licence", None)},
         "network": dict(student.net.build_spec),
         "feeding": student.feeding.spec(),
+        "parameterisation": student.parameterisation,  # cm | trigflow (distill/math/precond.py); absent = cm
         "sigma_min": student.sigma_min,
         "sigma_max": student.sigma_max,
         "sigma_data": student.sigma_data,
@@ -119,6 +120,11 @@ def rebuild_student(meta: dict[str, Any], shapes: dict[str, tuple] | None = None
                                                                      for d in shape) and math.prod(shape) <= 2**26):
         raise StudentLoadError(f"{source or 'student.json'}: image_shape {shape!r} is not a plausible image or "
                                "vector shape")
+    parameterisation = meta.get("parameterisation", "cm")  # files written before sCM have no key: all "cm"
+    if parameterisation not in PARAMETERISATIONS:
+        raise StudentLoadError(f"{source or 'student.json'}: names parameterisation {parameterisation!r}; this "
+                               f"version knows {', '.join(PARAMETERISATIONS)} (was the file written by a newer "
+                               "distill?)")
     net_spec = dict(meta["network"])
     name = net_spec.pop("name")
     net = build_network(name, **net_spec) if shapes is None else \
@@ -126,7 +132,7 @@ def rebuild_student(meta: dict[str, Any], shapes: dict[str, tuple] | None = None
     student = Student(net, build_feeding(meta["feeding"]), sigma_min=meta["sigma_min"],
                       sigma_max=meta["sigma_max"], sigma_data=meta["sigma_data"],
                       image_shape=tuple(meta["image_shape"]), num_classes=meta["num_classes"],
-                      boundary=build_boundary(meta.get("boundary")))
+                      parameterisation=parameterisation, boundary=build_boundary(meta.get("boundary")))
     student.sampling_sigmas = meta.get("sampling_sigmas", {})
     student.training_sigmas = meta.get("training_sigmas") or {"pairs": "continuous"}
     student.meta = meta

@@ -26,7 +26,10 @@ RUNS = {
     "ct": ["method.s1=20", "method.mu0=0.5"],
     "ict": ["loss.name=pseudo_huber", "loss.weighting=inverse_delta"],
     "ect": ["loss.name=pseudo_huber", "loss.c=0.0", "loss.weighting=inverse_delta"],
+    "scd": ["method.tangent_warmup_steps=30"],
+    "sct": ["method.tangent_warmup_steps=30"],
 }
+SLOW = {"scd", "sct"}  # a forward-mode JVP per step: about twice a CD step on these tiny networks
 
 
 def traj_rmse(student, exact, num=256):
@@ -34,7 +37,8 @@ def traj_rmse(student, exact, num=256):
     return rms(s["student"][1], s["reference"])
 
 
-@pytest.mark.parametrize("method", sorted(RUNS))
+@pytest.mark.parametrize("method", [pytest.param(m, marks=[pytest.mark.slow] if m in SLOW else [])
+                                    for m in sorted(RUNS)])
 def test_each_method_lowers_one_step_trajectory_error(method, tmp_path):
     from distill.training.fit import fit
 
@@ -66,7 +70,7 @@ class NoTeacher:
         raise AssertionError("the teacher was evaluated")
 
 
-@pytest.mark.parametrize("method", ["ct", "ict", "ect"])
+@pytest.mark.parametrize("method", ["ct", "ict", "ect", "sct"])
 def test_training_methods_never_evaluate_the_teacher(method):
     cfg = resolve(TOY, [f"method.name={method}"])
     with warnings.catch_warnings():
@@ -146,8 +150,8 @@ def test_bench_quality_reports_each_method(tmp_path):
     out = tmp_path / "quality.json"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = run_quality(["cd", "ect"], out, steps=2, ect_pretrain_steps=2, num=16, log=lambda *_: None)
-    assert json.loads(out.read_text()).keys() == result.keys() == {"cd", "ect"}
+        result = run_quality(["cd", "ect", "scd"], out, steps=2, ect_pretrain_steps=2, num=16, log=lambda *_: None)
+    assert json.loads(out.read_text()).keys() == result.keys() == {"cd", "ect", "scd"}
     for rep in result.values():
         assert {"1", "2"} <= rep["student"].keys() and "traj_rmse" in rep["student"]["1"]
         assert rep["num_samples"] == 16

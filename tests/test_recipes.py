@@ -17,7 +17,8 @@ from distill.config import resolve
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
 PAPER = ("cifar10_edm_cd_lpips", "cifar10_edm_cd_l2", "cifar10_ict", "cifar10_ect", "cifar10_ddpm_cd",
-         "imagenet64_cd_lpips", "lsun_bedroom256_cd_lpips", "sd15_lcm", "sd15_lcm_lora", "sdxl_lcm_lora")
+         "imagenet64_cd_lpips", "lsun_bedroom256_cd_lpips", "sd15_lcm", "sd15_lcm_lora", "sdxl_lcm_lora",
+         "cifar10_scd", "cifar10_sct", "imagenet64_scd")
 
 
 def test_the_paper_recipes_exist():
@@ -30,7 +31,7 @@ def test_dry_run(recipe, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths in the recipe resolve here: nothing may be created
     assert distill_main(["fit", str(recipe), "--dry-run"]) == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
-    assert resolved["method"]["name"] in ("cd", "ct", "ict", "ect", "lcm")
+    assert resolved["method"]["name"] in ("cd", "ct", "ict", "ect", "lcm", "scd", "sct")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -1,4 +1,4 @@
-"""`distill bench quality`: the methods (cd, ct, ict, ect) on the digits benchmark, same budget each.
+"""`distill bench quality`: the methods (cd, ct, ict, ect, scd, sct) on the digits benchmark, same budget each.
 
 Every method starts from the demo recipe (exact digits-mixture teacher, small conv UNet, batch 128, Adam,
 EMA 0.999) and trains for the same number of optimizer steps; only the method block and its paper's loss
@@ -9,7 +9,7 @@ exact samples of the mixture. Output: {"<method>": <report.json>} (DESIGN.md).
 ECT tunes a pretrained diffusion model, and the digits teacher is a formula with no weights: it first
 trains the same UNet as a denoiser (EDM's loss, with the mixture's exact posterior mean as the regression
 target, so the "pretrained model" is as good as the budget allows) for `ect_pretrain_steps`, reported
-beside the result. CD evaluates the exact teacher at every step; CT, iCT and ECT only see data.
+beside the result. CD and sCD evaluate the exact teacher at every step; CT, iCT, ECT and sCT only see data.
 """
 
 from __future__ import annotations
@@ -35,7 +35,12 @@ METHOD_OVERRIDES = {
     "ct": {"method": {"name": "ct"}, "loss": {"name": "l2", "weighting": "uniform"}},
     "ict": {"method": {"name": "ict"}, "loss": {"name": "pseudo_huber", "weighting": "inverse_delta"}},
     "ect": {"method": {"name": "ect"}, "loss": {"name": "pseudo_huber", "c": 0.0, "weighting": "inverse_delta"}},
+    # sCM's own objective (distill/methods/scm.py); the tangent warm-up is scaled to the budget below.
+    "scd": {"method": {"name": "scd"}},
+    "sct": {"method": {"name": "sct"}},
 }
+# sCM warms the tangent up over its first 10k iterations; here over this fraction of the budget.
+TANGENT_WARMUP_FRACTION = 0.1
 
 
 class PretrainedTeacher(Teacher):
@@ -96,6 +101,8 @@ def method_config(method: str, run_dir: Path, steps: int, seed: int, extra: list
                                # reproducible when the demo recipe changes (it moved to batch 64).
                                "data": {"batch_size": 128}, "student": {"sigmas_2": [80.0, 2.0]},
                                "eval": {"fid": False}})  # evaluated once at the end, below
+    if method in ("scd", "sct"):
+        data = merge_blocks(data, {"method": {"tangent_warmup_steps": max(1, round(steps * TANGENT_WARMUP_FRACTION))}})
     if extra:
         from distill.config import parse_overrides
 

@@ -1,7 +1,8 @@
 """`distill bench step`: a training step as Lightning runs it, against the network passes it needs.
 
 DESIGN.md, "Measuring": a Heun CD step costs 2 teacher evaluations + 1 target forward + a student forward
-and backward (about 6 forward passes), an Euler step one teacher evaluation less, a CT step none. Here
+and backward (about 6 forward passes), an Euler step one teacher evaluation less, a CT step none; an sCD step
+(sCM) 1 teacher evaluation + a forward-mode JVP of the student (its stop-gradient target) + forward and backward. Here
 a real Trainer drives the real module and all of `distill fit`'s callbacks; a probe callback stamps the
 start of every step, so one interval is a whole step (data, forward, backward, optimizer, target and EMA
 updates, logging), and on odd steps it first times the step's passes alone on that step's batch.
@@ -28,6 +29,8 @@ METHODS = {
     "heun_cd": {"method": {"name": "cd", "solver": "heun"}},
     "euler_cd": {"method": {"name": "cd", "solver": "euler"}},
     "ct": {"method": {"name": "ct"}},
+    # sCD: one teacher velocity, one forward-mode JVP of the student (about 1.5-3 forwards), forward + backward.
+    "scd": {"method": {"name": "scd"}},
 }
 
 
@@ -70,29 +73,15 @@ def time_passes(module, batch, step: int, now=time.perf_counter) -> dict[str, fl
     x0 = x0.to(dev)
     cond = labels.to(dev) if module.student.num_classes else None
     gen = torch.Generator(device=dev).manual_seed(0x5EED + step)
+    if module.objective is not None:
+        return time_continuous_passes(module, x0, cond, gen, step, now)
     sigma_cur, sigma_next = (s.to(x0.dtype) for s in module.plan.pairs.sample(step, x0.shape[0], gen))
     z = torch.randn(x0.shape, generator=gen, device=dev, dtype=x0.dtype)
     x_next = x0 + expand_like(sigma_next, x0) * z
     out = {"teacher": 0.0, "teacher_calls": 0}
     target_fn = module.plan.target
-    inner = getattr(target_fn, "denoise", None)
-
-    def timed_denoise(*args, **kwargs):
-        sync(dev)
-        start = now()
-        result = inner(*args, **kwargs)
-        sync(dev)
-        out["teacher"] += now() - start
-        out["teacher_calls"] += 1
-        return result
-
-    if inner is not None:
-        target_fn.denoise = timed_denoise
-    try:
+    with _TimedTeacher(target_fn, out, dev, now):
         x_cur = target_fn(x0, z, x_next, sigma_next, sigma_cur, cond)
-    finally:
-        if inner is not None:
-            target_fn.denoise = inner
     target_net = module.target if module.target is not None else module.student
     with torch.no_grad():
         out["target_forward"] = timed(lambda: target_net(x_cur, sigma_cur, cond), dev, now)
@@ -104,6 +93,56 @@ def time_passes(module, batch, step: int, now=time.perf_counter) -> dict[str, fl
 
     out["student_forward_backward"] = timed(forward_backward, dev, now)
     for p in module.student.parameters():  # leave no gradient behind for the real step
+        p.grad = None
+    return out
+
+
+class _TimedTeacher:
+    """Wraps a target's `denoise` so that every teacher call is timed and counted into `out`."""
+
+    def __init__(self, holder, out: dict, dev, now):
+        self.holder, self.out, self.dev, self.now = holder, out, dev, now
+        self.inner = getattr(holder, "denoise", None)
+
+    def __call__(self, *args, **kwargs):
+        sync(self.dev)
+        start = self.now()
+        result = self.inner(*args, **kwargs)
+        sync(self.dev)
+        self.out["teacher"] += self.now() - start
+        self.out["teacher_calls"] += 1
+        return result
+
+    def __enter__(self):
+        if self.inner is not None:
+            self.holder.denoise = self
+        return self
+
+    def __exit__(self, *exc):
+        if self.inner is not None:
+            self.holder.denoise = self.inner
+
+
+def time_continuous_passes(module, x0, cond, gen, step: int, now) -> dict[str, float]:
+    """sCD/sCT's passes at the step's t: the teacher velocity, the student's JVP (in place of a target network's
+    forward), the student's forward, and its forward + backward."""
+    from distill.math.trigflow import t_of_sigma, time_derivative, trigflow_F
+
+    dev, student, objective = module.device, module.student, module.objective
+    sigma = module.plan.pairs.sample(step, x0.shape[0], gen).to(x0.dtype)
+    t = t_of_sigma(sigma, student.sigma_data)
+    z = torch.randn(x0.shape, generator=gen, device=dev, dtype=x0.dtype) * student.sigma_data
+    x_t = expand_like(t.cos(), x0) * x0 + expand_like(t.sin(), x0) * z
+    out = {"teacher": 0.0, "teacher_calls": 0}
+    with _TimedTeacher(objective.velocity, out, dev, now):
+        dxdt = objective.velocity(x0, z, x_t, t, cond)
+    out["target_forward"] = 0.0  # no target network: the stop-gradient student's JVP takes its place
+    out["jvp"] = timed(lambda: time_derivative(student, x_t, t, dxdt, cond), dev, now)
+    with torch.no_grad():
+        out["student_forward"] = timed(lambda: trigflow_F(student, x_t, t, cond), dev, now)
+    out["student_forward_backward"] = timed(lambda: trigflow_F(student, x_t, t, cond).square().mean().backward(),
+                                            dev, now)
+    for p in student.parameters():  # leave no gradient behind for the real step
         p.grad = None
     return out
 
@@ -161,7 +200,8 @@ def bench_method(spec: dict, key: str, repeats: int, warmup: int, extra: dict | 
     passes = {k: median(p[k] for p in probe.passes) for k in probe.passes[0]}
     # The median of per-probe sums, not the sum of per-pass medians: on a loaded machine a long interval
     # always absorbs some preemption while a short pass's median does not, which would bias the ratio.
-    passes_s = median(p["teacher"] + p["target_forward"] + p["student_forward_backward"] for p in probe.passes)
+    passes_s = median(p["teacher"] + p["target_forward"] + p.get("jvp", 0.0) + p["student_forward_backward"]
+                      for p in probe.passes)
     step_s = median(probe.step_times())
     return {"step_s": step_s, "passes_s": passes_s, "overhead_ratio": step_s / passes_s,
             "forward_units": step_s / passes["student_forward"]}, {**passes, "data": data_s}
@@ -172,6 +212,17 @@ def time_data(data, now, repeats: int) -> float:
     batches = iter(data.train_dataloader())
     next(batches)
     return median(timed(lambda: next(batches), torch.device("cpu"), now) for _ in range(max(5, repeats)))
+
+
+def describe(size: str, key: str, r: dict, passes: dict) -> str:
+    """One line per method: the step against its passes, each pass alone."""
+    second = (f"student JVP {passes['jvp'] * 1e3:.2f} ms ({passes['jvp'] / passes['student_forward']:.2f} forwards)"
+              if "jvp" in passes else f"target forward {passes['target_forward'] * 1e3:.2f} ms")
+    return (f"[{size}] {key}: step {r['step_s'] * 1e3:.2f} ms, passes {r['passes_s'] * 1e3:.2f} ms, "
+            f"overhead x{r['overhead_ratio']:.3f}, {r['forward_units']:.2f} forward units; "
+            f"alone: teacher {passes['teacher'] * 1e3:.2f} ms ({passes['teacher_calls']:.0f} calls), {second}, "
+            f"student forward+backward {passes['student_forward_backward'] * 1e3:.2f} ms; a data batch "
+            f"{passes['data'] * 1e3:.3f} ms ({passes['data'] / r['step_s']:.2%} of the step)")
 
 
 def run_step(sizes=("demo",), methods=tuple(METHODS), repeats: int = 10, warmup: int = 3,
@@ -194,12 +245,7 @@ def run_step(sizes=("demo",), methods=tuple(METHODS), repeats: int = 10, warmup:
                 r, passes = bench_method(spec, key, repeats, warmup, extra, clock)
                 result.setdefault(size, {})[key] = r
                 detail.setdefault(size, {})[key] = passes
-                log(f"[{size}] {key}: step {r['step_s'] * 1e3:.2f} ms, passes {r['passes_s'] * 1e3:.2f} ms, "
-                    f"overhead x{r['overhead_ratio']:.3f}, {r['forward_units']:.2f} forward units; "
-                    f"alone: teacher {passes['teacher'] * 1e3:.2f} ms ({passes['teacher_calls']:.0f} calls), "
-                    f"target forward {passes['target_forward'] * 1e3:.2f} ms, student forward+backward "
-                    f"{passes['student_forward_backward'] * 1e3:.2f} ms; a data batch "
-                    f"{passes['data'] * 1e3:.3f} ms ({passes['data'] / r['step_s']:.2%} of the step)")
+                log(describe(size, key, r, passes))
     finally:
         torch.set_num_threads(previous_threads)
     return result, detail

@@ -20,7 +20,7 @@ def add_parser(sub, name):
                                      "process, the step's network passes alone; medians over repeats.")
     q.add_argument("--size", default="demo", help="comma-separated: demo (the demo recipe's student, "
                    "batch 32), cifar10 (DDPM++ student and teacher, batch 2), tiny (tests)")
-    q.add_argument("--methods", default="heun_cd,euler_cd,ct", help="comma-separated: heun_cd, euler_cd, ct")
+    q.add_argument("--methods", default="heun_cd,euler_cd,ct", help="comma-separated: heun_cd, euler_cd, ct, scd")
     q.add_argument("--repeats", type=int, default=None,
                    help="timed steps (and as many probes) per method (default: 30 demo/tiny, 3 cifar10)")
     q.add_argument("--warmup", type=int, default=None, help="untimed first steps (default: 3, 1 cifar10)")
@@ -51,8 +51,8 @@ def add_parser(sub, name):
     q.add_argument("--repeats", type=int, default=1, help="measurements per setting (median)")
     q.add_argument("--json", default=None)
     q.set_defaults(_bench="threads")
-    q = bench.add_parser("quality", help="cd, ct, ict, ect on the digits benchmark, same budget each")
-    q.add_argument("--method", default="cd,ct,ict,ect", help="comma-separated: cd, ct, ict, ect")
+    q = bench.add_parser("quality", help="cd, ct, ict, ect, scd, sct on the digits benchmark, same budget each")
+    q.add_argument("--method", default="cd,ct,ict,ect", help="comma-separated: cd, ct, ict, ect, scd, sct")
     q.add_argument("--steps", type=int, default=1500, help="optimizer steps per method")
     q.add_argument("--ect-pretrain-steps", type=int, default=800,
                    help="denoiser steps that make ECT's pretrained diffusion model")

@@ -11,11 +11,16 @@ block takes its method's value, and any key set in the recipe wins (so "CD with 
 | ict    | x0 + t_n z                     | iCT doubling N(k), lognormal n        | 0: stop-gradient (iCT 3.2)    |
 | ect    | x0 + r z                       | continuous t ~ lognormal, r = r(t, k) | 0: stop-gradient              |
 | lcm    | teacher's guided ODE step      | teacher timesteps k apart (LCM 4.3)   | fixed `method.mu` (0.95)      |
+| scd    | teacher velocity dx_t/dt       | none: continuous t ~ lognormal (sCM)  | 0: stop-gradient + JVP        |
+| sct    | data velocity cos t z - sin t x0 | none: continuous t ~ lognormal     | 0: stop-gradient + JVP        |
 
 iCT's loss (pseudo-Huber, lambda = 1/(t_{n+1} - t_n)) and ECT's (pseudo-Huber with c = 0, i.e. the L2
 norm, over 1/(t - r)) are set in the loss block, as the paper recipes do. ECT starts from the teacher's
 weights (`student.init: auto` copies the teacher's backbone); with a teacher that has no network it
-trains from scratch and says so. CT, iCT and ECT never evaluate the teacher during training.
+trains from scratch and says so. CT, iCT, ECT and sCT never evaluate the teacher during training.
+sCD and sCT (distill/methods/scm.py) train the continuous-time limit with a TrigFlow student: no pairs, no target
+network, their own loss (the loss block must stay l2/uniform), and the lognormal proposal's (P_mean, P_std) of
+their paper unless the recipe sets method.p_mean / p_std.
 
 Pairs: the table lists the papers' discrete levels (`method.pairs: grid`). By default (`continuous`) the pair
 keeps the paper's gap (N levels, the same curriculum) but its position is drawn anywhere along the Karras
@@ -44,6 +49,9 @@ class Method:
     index_sampling: str  # uniform | lognormal
     from_teacher_weights: bool = False
     boundary: str | None = None  # None: the CM paper's scalings; "lcm": LCMScheduler's (distill/methods/lcm.py)
+    parameterisation: str = "cm"  # the student's (distill/math/precond.py): cm, or trigflow (sCM)
+    p_mean: float = -1.1  # lognormal proposal over ln(sigma): iCT sec. 3.5 (ECT keeps it); sCM's own below
+    p_std: float = 2.0
 
 
 METHODS = {
@@ -54,6 +62,11 @@ METHODS = {
                   from_teacher_weights=True),
     "lcm": Method("lcm", target="teacher", curriculum="timesteps", mu_schedule="fixed", index_sampling="uniform",
                   from_teacher_weights=True, boundary="lcm"),
+    # sCM (Lu & Song 2024) on CIFAR-10: sCD P_mean -0.8, P_std 1.6; sCT -1.0, 1.4 (FACTS.md, "sCM / TrigFlow").
+    "scd": Method("scd", target="teacher", curriculum="continuous", mu_schedule="none", index_sampling="lognormal",
+                  parameterisation="trigflow", p_mean=-0.8, p_std=1.6),
+    "sct": Method("sct", target="data", curriculum="continuous", mu_schedule="none", index_sampling="lognormal",
+                  parameterisation="trigflow", p_mean=-1.0, p_std=1.4),
 }
 # The recipe schema lists these names too (distill/config.py CHOICES, checked before this module loads);
 # register_choices keeps the two in step when a method is added here.
@@ -72,6 +85,7 @@ class ConsistencyPlan:
     mu_fixed: float
     mu0: float
     s0: int
+    objective: object = None  # sCD/sCT: the continuous-time loss (an nn.Module holding w_phi); None: pairs
 
     def mu(self, k: int) -> float:
         """Target network rate at step k (0 = the stop-gradient student itself)."""
@@ -153,6 +167,8 @@ def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
 
     m = cfg.method
     method = METHODS[m.name]
+    if method.parameterisation == "trigflow":
+        return _continuous_plan(cfg, teacher, method, sigma_min, sigma_max)
     if m.solver_steps < 1 or m.skip < 1:
         raise ValueError(f"method.solver_steps ({m.solver_steps}) and method.skip ({m.skip}) must be at least 1")
     if m.dropout is not None and not 0 <= m.dropout < 1:
@@ -172,9 +188,10 @@ def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
         levels = lambda k, n=pairs.levels: n
     elif curriculum == "ect":
         pairs = C.ECTPairs(sigma_min, sigma_max, m.ect_stage_steps or max(total // 8, 1), m.ect_q, m.ect_k,
-                           m.ect_b, m.p_mean, m.p_std)
+                           m.ect_b, _pick(m.p_mean, method.p_mean), _pick(m.p_std, method.p_std))
     else:
-        pairs = C.GridPairs(levels, sigma_min, sigma_max, m.rho, sampling, m.p_mean, m.p_std, m.skip,
+        pairs = C.GridPairs(levels, sigma_min, sigma_max, m.rho, sampling, _pick(m.p_mean, method.p_mean),
+                            _pick(m.p_std, method.p_std), m.skip,
                             getattr(teacher, "round_sigma", None) if method.target == "teacher" else None,
                             continuous=m.pairs == "continuous")
     if method.target == "teacher":
@@ -187,3 +204,30 @@ def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
                       "them (no teacher network, or student.init=network): it trains from scratch", stacklevel=2)
     s0 = _pick(m.s0, C.CT_DEFAULTS[0] if curriculum != "ict" else C.ICT_DEFAULTS[0])
     return ConsistencyPlan(method, curriculum, mu_schedule, target, pairs, levels, m.mu, m.mu0, s0)
+
+
+def _continuous_plan(cfg, teacher, method: Method, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
+    """sCD / sCT: the lognormal proposal and the sCM objective; the discrete keys must keep their defaults."""
+    import torch
+
+    from distill.methods.scm import SCMObjective, TrigFlowTimes, Velocity
+
+    m, loss = cfg.method, cfg.loss
+    ignored = {"method.curriculum": (m.curriculum, ("auto", "continuous")),
+               "method.index_sampling": (m.index_sampling, ("auto", "lognormal")),
+               "method.mu_schedule": (m.mu_schedule, ("auto", "none")), "method.mu": (m.mu, (0, 0.0)),
+               "method.solver_steps": (m.solver_steps, (1,)), "method.skip": (m.skip, (1,)),
+               "method.pairs": (m.pairs, ("continuous",)),
+               "loss.name": (loss.name, ("l2",)), "loss.weighting": (loss.weighting, ("uniform",))}
+    wrong = [f"{key}={value}" for key, (value, allowed) in ignored.items() if value not in allowed]
+    if wrong:
+        raise ValueError(f"method.name={m.name} trains sCM's own continuous-time objective (distill/methods/scm.py): "
+                         f"{', '.join(wrong)} would have no effect; remove them from the recipe")
+    if m.tangent_warmup_steps < 0 or m.tangent_c <= 0 or m.weighting_lr < 0:
+        raise ValueError(f"method.tangent_warmup_steps ({m.tangent_warmup_steps}) and method.weighting_lr "
+                         f"({m.weighting_lr}) must be >= 0, method.tangent_c ({m.tangent_c}) > 0")
+    times = TrigFlowTimes(sigma_min, sigma_max, _pick(m.p_mean, method.p_mean), _pick(m.p_std, method.p_std))
+    velocity = Velocity(teacher, method.target, teacher.sigma_data, getattr(torch, m.target_dtype))
+    objective = SCMObjective(velocity, times, m.tangent_warmup_steps, m.tangent_c)
+    return ConsistencyPlan(method, "continuous", "none", target=velocity, pairs=times, levels=lambda k: 0,
+                           mu_fixed=0.0, mu0=0.0, s0=0, objective=objective)

@@ -1,4 +1,4 @@
-"""Consistency distillation and training as a LightningModule (CM paper, Alg. 2 and 3; iCT; ECT).
+"""Consistency distillation and training as a LightningModule (CM paper, Alg. 2 and 3; iCT; ECT; sCD/sCT).
 
 The method block (distill/methods/plan.py) decides where the target comes from (a teacher ODE step or
 x0 + t_n z), how the pairs (t_n, t_{n+1}) are drawn at step k (curricula, distill/methods/curriculum.py) and the
@@ -84,6 +84,8 @@ class ConsistencyDistillation(L.LightningModule):
         # Recorded in student.json: sampling snaps to the levels of a student trained on a grid.
         self.student.training_sigmas = self.plan.training_sigmas(method_steps(cfg))
         self.denoiser_steps = cfg.student.denoiser_steps
+        # sCD/sCT's objective holds the learned weighting w_phi: registered (optimised, checkpointed, in DDP).
+        self.objective = self.plan.objective
 
     # -- the algorithm ---------------------------------------------------------------------------------
     def step_generator(self, micro: int = 0) -> torch.Generator:
@@ -105,6 +107,13 @@ class ConsistencyDistillation(L.LightningModule):
         if self.global_step < self.denoiser_steps:
             return self.denoiser_step(x0, self.condition(labels, gen, x0.shape[0]), gen)
         k = self.global_step - self.denoiser_steps  # the method's step: curricula start after the warm start
+        # From integers, not a draw read back with int(): that would wait for the device every step, and a
+        # CUDA generator cannot fill the CPU tensor torch.randint makes without device= (it raises).
+        dropout_seed = mix_seed(self.cfg.run.seed, k, batch_idx % accumulate, 0xD80, self.global_rank)
+        if self.objective is not None:  # sCD / sCT: continuous t, no pairs (distill/methods/scm.py)
+            loss = self.continuous_loss(x0, self.condition(labels, gen, x0.shape[0]), gen, k, dropout_seed)
+            self._log_loss("train/loss", loss)
+            return loss
         # The pair (t_n, t_{n+1}) per sample from step k's curriculum (CM Alg. 2/3; iCT lognormal; ECT r(t)).
         pair = self.rank_part(lambda b: torch.stack(self.plan.pairs.sample(k, b, gen), 1), x0.shape[0])
         sigma_cur, sigma_next = pair.to(x0.dtype).unbind(1)
@@ -114,9 +123,6 @@ class ConsistencyDistillation(L.LightningModule):
         cond = self.condition(labels, gen, x0.shape[0])
         # CD: the teacher's ODE from t_{n+1} down to t_n; CT/iCT/ECT: x0 + t_n z with the same z.
         x_cur = self.plan.target(x0, z, x_next, sigma_next, sigma_cur, cond)
-        # From integers, not a draw read back with int(): that would wait for the device every step, and a
-        # CUDA generator cannot fill the CPU tensor torch.randint makes without device= (it raises).
-        dropout_seed = mix_seed(self.cfg.run.seed, k, batch_idx % accumulate, 0xD80, self.global_rank)
         pred, target = self.consistency_pair(x_next, sigma_next, x_cur, sigma_cur, cond, dropout_seed)
         # lambda(t_n) d(f(x_next, t_{n+1}), f^-(x_cur, t_n)), weighted per sample, averaged here only.
         lam = weighting(self.cfg.loss.weighting, sigma_next, sigma_cur, self.student.sigma_data)
@@ -140,6 +146,14 @@ class ConsistencyDistillation(L.LightningModule):
         self._mu = 0.0
         self._log_loss("train/denoiser_loss", loss)
         return loss
+
+    def continuous_loss(self, x0, cond, gen, k: int, dropout_seed: int):
+        """sCD / sCT: sigma = sd tan t from sCM's proposal and unit noise, drawn for the global batch like the
+        pairs above; the objective (which also learns the weighting w_phi) does the rest."""
+        sigma = self.rank_part(lambda b: self.plan.pairs.sample(k, b, gen), x0.shape[0]).to(x0.dtype)
+        z = self.rank_part(lambda b: torch.randn((b, *x0.shape[1:]), generator=gen, device=self.device,
+                                                 dtype=x0.dtype), x0.shape[0])
+        return self.objective(self.student, x0, z, sigma, cond, k, self.masks(dropout_seed)).mean()
 
     def _log_loss(self, name: str, loss: torch.Tensor) -> None:
         if self._log_due():
@@ -167,13 +181,17 @@ class ConsistencyDistillation(L.LightningModule):
 
     def consistency_pair(self, x_next, sigma_next, x_cur, sigma_cur, cond, dropout_seed: int):
         """f_theta(x_next, t_{n+1}) and the stop-gradient f_theta-(x_cur, t_n), with equal dropout masks."""
-        masks = (lambda: dropout_masks(dropout_seed, self.device)) if self.has_dropout else nullcontext
+        masks = self.masks(dropout_seed)
         with masks():
             pred = self.student(x_next, sigma_next, cond)
         with torch.no_grad(), masks():
             target_net = self.target if self.target is not None else self.student
             target = target_net(x_cur, sigma_cur, cond)
         return pred, target
+
+    def masks(self, dropout_seed: int):
+        """A context factory: every pass entered under it draws the same dropout masks."""
+        return (lambda: dropout_masks(dropout_seed, self.device)) if self.has_dropout else nullcontext
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         # theta^- <- mu theta^- + (1 - mu) theta (CM paper, Alg. 2), once per optimizer step; one fused op.
@@ -191,7 +209,10 @@ class ConsistencyDistillation(L.LightningModule):
         # with a fused optimizer under mixed precision (it unscales inside step), so those get foreach.
         t = self.cfg.trainer
         fused = o.name in ("adam", "adamw") and not (t.gradient_clip_val and "16" in str(t.precision))
-        opt = cls(self.student.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+        params = [{"params": list(self.student.parameters())}]
+        if self.objective is not None:  # sCD/sCT's weighting w_phi, at its own rate (method.weighting_lr)
+            params.append({"params": list(self.objective.parameters()), "lr": self.cfg.method.weighting_lr})
+        opt = cls(params, lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                   weight_decay=o.weight_decay, **({"fused": True} if fused else {"foreach": True}))
         if o.warmup_steps <= 0 and o.schedule == "constant":
             return opt

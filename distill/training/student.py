@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import copy
 import inspect
+import warnings
 
 from distill.math.precond import ConsistencyStudent
+from distill.math.trigflow import TrigFlowFeeding
 from distill.methods.plan import boundary_for
 from teachers.base import BackboneFeeding
 from teachers.networks import _NETWORKS, _import_all, build_network
@@ -40,7 +42,25 @@ def student_sigma_range(cfg, teacher) -> tuple[float, float]:
     return lo, hi
 
 
+def warn_fast_time_embedding(spec: dict) -> None:
+    """sCM sec. 4.1: the JVP differentiates the time embedding, and fast features (a large Fourier or
+    positional scale) make that derivative large and training unstable. On toy2d, sCD with small_unet/mlp's
+    embedding at 250x (the old default) left the 1-step error at sigma = 80 at 1.42, 0.37 at 1x (300 steps)."""
+    fast = float(spec.get("embedding_scale", 1.0)) > 10 or \
+        (spec.get("name") == "ncsnpp" and spec.get("embedding_type", "fourier") == "fourier") or \
+        spec.get("embedding_type") == "fourier"
+    if fast:
+        warnings.warn(f"student.network {spec.get('name')}: its time embedding has fast features (a Fourier "
+                      "embedding of scale 16, or embedding_scale > 10); sCM's continuous-time training needs a "
+                      "smooth one (positional, embedding_type: positional / embedding_scale: 1)", stacklevel=3)
+
+
 def build_student(cfg, teacher) -> ConsistencyStudent:
+    """The method decides the parameterisation (distill/methods/plan.py: cm, or trigflow for sCD/sCT); a fresh
+    TrigFlow network is fed as sCM prescribes (distill/math/trigflow.py), a copied backbone as the teacher feeds it."""
+    from distill.methods.plan import METHODS
+
+    parameterisation = METHODS[cfg.method.name].parameterisation
     init = cfg.student.init
     backbone = getattr(teacher, "backbone", None)
     if init == "teacher" and backbone is None:
@@ -60,7 +80,9 @@ def build_student(cfg, teacher) -> ConsistencyStudent:
         network = OmegaConf.to_container(cfg.student.network) if not isinstance(cfg.student.network, dict) \
             else cfg.student.network
         net = build_network(**network_spec_for(network, teacher))
-        feeding = BackboneFeeding(teacher.sigma_data)
+        feeding = (TrigFlowFeeding if parameterisation == "trigflow" else BackboneFeeding)(teacher.sigma_data)
+        if parameterisation == "trigflow":
+            warn_fast_time_embedding(net.build_spec)
     net = with_adapters(net, cfg.student)
     boundary = boundary_for(cfg, teacher)
     if boundary is not None and not hasattr(feeding, "timestep"):
@@ -68,7 +90,8 @@ def build_student(cfg, teacher) -> ConsistencyStudent:
                          "(LCMScheduler's scalings act on its timestep): set student.init=teacher")
     return ConsistencyStudent(net, feeding, sigma_min=sigma_min, sigma_max=sigma_max,
                               sigma_data=teacher.sigma_data, image_shape=teacher.image_shape,
-                              num_classes=getattr(teacher, "num_classes", 0), boundary=boundary)
+                              num_classes=getattr(teacher, "num_classes", 0), parameterisation=parameterisation,
+                              boundary=boundary)
 
 
 def with_adapters(net, student_cfg):

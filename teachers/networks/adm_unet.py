@@ -18,23 +18,24 @@ import torch.nn.functional as tF
 from torch import nn
 
 from teachers.networks import register_network
+from teachers.networks.forward_ad import sdpa, wide
 
 
 class GroupNorm32(nn.GroupNorm):
-    """32 groups, computed in float32 whatever the activation dtype (as OpenAI's fp16 models do)."""
+    """32 groups, computed in float32 whatever the activation dtype (as OpenAI's fp16 models do; float64 stays)."""
 
     def __init__(self, channels: int):
         super().__init__(32, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.float()).to(x.dtype)
+        return super().forward(x.to(wide(x.dtype))).to(x.dtype)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """[cos, sin] sinusoids of (possibly fractional or negative) timesteps, (B,) -> (B, dim)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    args = t.float()[:, None] * freqs[None]
+    args = t.to(wide(t.dtype))[:, None] * freqs[None]
     emb = torch.cat([args.cos(), args.sin()], dim=-1)
     return tF.pad(emb, (0, dim % 2))
 
@@ -114,7 +115,7 @@ class AttentionBlock(nn.Module):
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x)).reshape(b, 3, self.num_heads, c // self.num_heads, h * w)
         q, k, v = qkv.transpose(-1, -2).unbind(1)  # each (B, heads, HW, dim)
-        a = tF.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(dim)) v
+        a = sdpa(q, k, v)  # softmax(q k^T / sqrt(dim)) v; written out under a JVP (forward_ad.py)
         return x + self.proj_out(a.transpose(-1, -2).reshape(b, c, h, w))
 
 

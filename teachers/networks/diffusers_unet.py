@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from teachers.networks import register_network
+from teachers.networks.forward_ad import jvp_safe_attention
 
 
 def import_unet2d():
@@ -29,11 +30,30 @@ def plain_config(config) -> dict[str, Any]:
     return json.loads(json.dumps({k: v for k, v in dict(config).items() if not k.startswith("_")}))
 
 
+class JvpSafeAttnProcessor:
+    """diffusers' default PyTorch-2 attention processor, on the math kernel while a forward-mode tangent flows
+    (teachers/networks/forward_ad.py): the same numbers otherwise, and an exact JVP for sCD students."""
+
+    def __init__(self):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        self.inner = AttnProcessor2_0()
+
+    def __call__(self, attn, hidden_states, *args, **kwargs):
+        with jvp_safe_attention(hidden_states):
+            return self.inner(attn, hidden_states, *args, **kwargs)
+
+
 @register_network("diffusers_unet2d")
 class DiffusersUNet(nn.Module):
     def __init__(self, config: dict[str, Any], module: nn.Module | None = None):
         super().__init__()
         self.unet = module if module is not None else import_unet2d().from_config(config)
+        attention = [m for m in self.unet.modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
+        if attention:
+            processor = JvpSafeAttnProcessor()
+            for m in attention:
+                m.set_processor(processor)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond=None) -> torch.Tensor:
         labels = None if cond is None else torch.as_tensor(cond, device=x.device).long()

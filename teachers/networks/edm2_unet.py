@@ -16,12 +16,13 @@ from torch import nn
 
 from teachers.networks import register_network
 from teachers.networks.edm_layers import labels_to_onehot
+from teachers.networks.forward_ad import forward_mode_active, wide
 
 
 def normalize(x: torch.Tensor, dim=None, eps: float = 1e-4) -> torch.Tensor:
-    """Unit magnitude over `dim` (default: all but the first), norms in float32."""
+    """Unit magnitude over `dim` (default: all but the first), norms in float32 (float64 stays float64)."""
     dim = list(range(1, x.ndim)) if dim is None else dim
-    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=torch.float32)
+    norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True, dtype=wide(x.dtype))
     norm = torch.add(eps, norm, alpha=math.sqrt(norm.numel() / x.numel()))
     return x / norm.to(x.dtype)
 
@@ -59,7 +60,8 @@ class MPFourier(nn.Module):
         self.register_buffer("phases", 2 * math.pi * torch.rand(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.float().ger(self.freqs.float()) + self.phases.float()
+        dtype = wide(x.dtype)
+        y = x.to(dtype).ger(self.freqs.to(dtype)) + self.phases.to(dtype)
         return (y.cos() * math.sqrt(2)).to(x.dtype)  # eq. 75
 
 
@@ -72,10 +74,13 @@ class MPConv(nn.Module):
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, *kernel))
 
     def forward(self, x: torch.Tensor, gain=1) -> torch.Tensor:
-        w = self.weight.float()
+        w = self.weight.to(wide(self.weight.dtype))
         if self.training:  # forced weight normalisation (eq. 66): keep the stored weights unit-norm
             with torch.no_grad():
-                self.weight.copy_(normalize(w))
+                if not forward_mode_active():
+                    self.weight.copy_(normalize(w))
+                elif w.dtype == self.weight.dtype:  # w aliases the weights, which a JVP may not write (torch.func):
+                    w = normalize(w)                 # take the values the write would have given them
         w = normalize(w) * (gain / math.sqrt(w[0].numel()))
         w = w.to(x.dtype)
         if w.ndim == 2:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as tF
 from torch import nn
 
+from teachers.networks.forward_ad import wide
+
 
 def weight_init(shape, mode: str, fan_in: int, fan_out: int) -> torch.Tensor:
     """The four initialisations EDM's configurations name (xavier/kaiming, uniform/normal)."""
@@ -154,8 +156,9 @@ class UNetBlock(nn.Module):
             b, c, h, w = x.shape
             qkv = self.qkv(self.norm2(x)).reshape(b * self.num_heads, c // self.num_heads, 3, h * w)
             q, k, v = qkv.unbind(2)  # each (B*heads, dim, HW)
-            # Softmax in float32 whatever the activation dtype, as EDM's AttentionOp does.
-            logits = torch.einsum("ncq,nck->nqk", q.float(), k.float() / math.sqrt(k.shape[1]))
+            # Softmax in float32 whatever the activation dtype, as EDM's AttentionOp does (float64 stays so).
+            q32, k32 = q.to(wide(q.dtype)), k.to(wide(k.dtype))
+            logits = torch.einsum("ncq,nck->nqk", q32, k32 / math.sqrt(k.shape[1]))
             attn = logits.softmax(dim=2).to(q.dtype)
             a = torch.einsum("nqk,nck->ncq", attn, v)
             x = (self.proj(a.reshape(b, c, h, w)) + x) * self.skip_scale

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from teachers.networks.forward_ad import wide
+
 
 class PositionalEmbedding(nn.Module):
     """Sinusoidal embedding of the scalar noise input c_noise (Transformer-style, as in DDPM++).
@@ -26,7 +28,8 @@ class PositionalEmbedding(nn.Module):
         self.register_buffer("freqs", freqs * scale, persistent=False)
 
     def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
-        args = c_noise.float()[:, None] * self.freqs[None, :]
+        c_noise = c_noise.to(wide(c_noise.dtype))  # float64 stays float64 (exact JVP checks)
+        args = c_noise[:, None] * self.freqs[None, :].to(c_noise.dtype)
         return torch.cat([args.cos(), args.sin()], dim=1)
 
 
