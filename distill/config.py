@@ -263,8 +263,8 @@ def parse_overrides(overrides: list[str]) -> dict:
     return nested
 
 
-def _schema_fields(path: str) -> list[str]:
-    node: Any = Recipe
+def _schema_fields(path: str, schema: type | None = None) -> list[str]:
+    node: Any = schema or Recipe
     for part in [p for p in path.split(".") if p]:
         hints = {f.name: f for f in dataclasses.fields(node)}
         f = hints.get(part)
@@ -277,11 +277,11 @@ def _schema_fields(path: str) -> list[str]:
     return [f.name for f in dataclasses.fields(node)]
 
 
-def _explain(err: OmegaConfBaseException) -> str:
+def _explain(err: OmegaConfBaseException, schema: type | None = None) -> str:
     key = getattr(err, "full_key", None) or ""
     if isinstance(err, ConfigKeyError) or "not in" in str(err):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        valid = _schema_fields(parent)
+        valid = _schema_fields(parent, schema)
         where = parent or "the top level"
         return (f"unknown key {key!r}; valid keys in {where}: {', '.join(valid)}" if valid
                 else f"unknown key {key!r}")
@@ -291,24 +291,31 @@ def _explain(err: OmegaConfBaseException) -> str:
     return f"{key}: {str(err).splitlines()[0]}"
 
 
-def to_config(data: dict) -> DictConfig:
-    """Validate a plain dict against the schema; returns a typed, read-only DictConfig."""
-    # Defaults are merged with the same block rule as `base:` (a teacher block naming another teacher
-    # does not inherit the default teacher's kwargs); the schema then checks names and types.
-    defaults = OmegaConf.to_container(OmegaConf.structured(Recipe))
+def validate(data: dict, schema: type, free_form=(), choices: dict | None = None) -> DictConfig:
+    """A plain dict checked against a dataclass schema (names, types, `choices`); returns a writable config.
+
+    Defaults are merged with the same block rule as `base:` (a block naming another teacher or network does
+    not inherit the default's kwargs); `free_form` lists the (block, key) dicts whose keys are not checked."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema))
     try:
         merged = merge_blocks(defaults, data)
-        cfg = OmegaConf.merge(OmegaConf.structured(Recipe), merged)
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), merged)
         # OmegaConf unions free-form dicts with the schema's default dict; set them as merged above.
-        for block, key in FREE_FORM_BLOCKS:
+        for block, key in free_form:
             value = merged[block][key] if key else merged[block]
             OmegaConf.update(cfg, f"{block}.{key}" if key else block, value, merge=False)
     except OmegaConfBaseException as err:
-        raise ConfigError(_explain(err)) from None
-    for key, choices in CHOICES.items():
+        raise ConfigError(_explain(err, schema)) from None
+    for key, valid in (choices or {}).items():
         value = OmegaConf.select(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of {', '.join(choices)}")
+        if value not in valid:
+            raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of {', '.join(valid)}")
+    return cfg
+
+
+def to_config(data: dict) -> DictConfig:
+    """Validate a plain dict against the schema; returns a typed, read-only DictConfig."""
+    cfg = validate(data, Recipe, FREE_FORM_BLOCKS, CHOICES)
     if cfg.method.N < 2:
         raise ConfigError(f"method.N must be at least 2, got {cfg.method.N}")
     if cfg.data.batch_size < 1:
@@ -337,7 +344,16 @@ def apply_smoke(data: dict) -> dict:
     })
     if smoke.get("data", {}).get("name") not in (None, "teacher", "digits", "toy2d"):
         smoke["data"]["name"] = "synthetic"
-    net = dict(smoke.get("student", {}).get("network") or {"name": "small_unet"})
+    # A fresh tiny student: copying even a smoke teacher's backbone costs seconds per step at 256 px.
+    # (Copies of every smoke teacher family are tested against the teacher in tests/test_teachers_*.py.)
+    smoke.setdefault("student", {})["network"] = smoke_network(smoke.get("student", {}).get("network"))
+    smoke["student"]["init"] = "network"
+    return smoke
+
+
+def smoke_network(network: dict | None) -> dict:
+    """A network block shrunk to a tiny network of the same family (run.smoke)."""
+    net = dict(network or {"name": "small_unet"})
     if net.get("name") == "small_unet":
         net.update(width=8, channel_mult=[1, 2], num_blocks=1)
     elif net.get("name") == "mlp":
@@ -351,11 +367,7 @@ def apply_smoke(data: dict) -> dict:
                            ("attention_resolutions", [attn])):
             if key in net:
                 net[key] = value
-    # A fresh tiny student: copying even a smoke teacher's backbone costs seconds per step at 256 px.
-    # (Copies of every smoke teacher family are tested against the teacher in tests/test_teachers_*.py.)
-    smoke.setdefault("student", {})["network"] = net
-    smoke["student"]["init"] = "network"
-    return smoke
+    return net
 
 
 def resolve(recipe: str | Path | None, overrides: list[str] = ()) -> DictConfig:

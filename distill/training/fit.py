@@ -50,21 +50,11 @@ def checkpoint_step(path: Path) -> int:
 
 
 def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | None = None):
-    import lightning as L
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-    from distill.training.callbacks import AtomicCheckpointIO, ExportStudent, LastCheckpoint, NaNGuard, StudentEMA
-    from distill.training.callbacks.preemption import PreemptionCheckpoint
+    """The distillation trainer: EMA of the student, FID, checkpoints, sample grids, the student export."""
+    from distill.training.callbacks import ExportStudent, LastCheckpoint, StudentEMA
     from distill.training.callbacks.sample_grid import SampleGrid
-    from distill.training.csv_logger import AppendingCSVLogger
-    from distill.training.scaling import check_strategy
 
-    t = cfg.trainer
-    check_strategy(t)
-    plugins = [AtomicCheckpointIO()]
-    if SLURMEnvironment.detect():  # our PreemptionCheckpoint requeues; Lightning's saves inside its handler
-        plugins.append(SLURMEnvironment(auto_requeue=False))
-    callbacks = [NaNGuard(checkpoint_every_n_steps=cfg.checkpoint.every_n_steps)]
+    callbacks = []
     if cfg.ema.rates:
         callbacks.append(StudentEMA(cfg.ema.rates))
     if cfg.eval.fid:  # after StudentEMA, so it evaluates averages that include this step
@@ -75,9 +65,30 @@ def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | Non
     callbacks += [LastCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_steps),
                   SampleGrid(run_dir, cfg.eval.steps, cfg.eval.grid_every_n_steps, num=cfg.eval.grid_num,
                              seed=cfg.run.seed),
-                  ExportStudent(run_dir),
-                  # Last: it saves once every other callback has finished the step (EMA included).
-                  PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt")]
+                  ExportStudent(run_dir)]
+    return make_trainer(cfg, run_dir, callbacks, resume_step)
+
+
+def make_trainer(cfg, run_dir: Path, callbacks, resume_step: int | None = None):
+    """A Lightning Trainer for any run directory (distillation or teacher training): the recipe's `trainer`
+    block, atomic checkpoints, metrics.csv that survives resume, a NaN guard first and the preemption
+    checkpoint last around the run's own `callbacks`."""
+    import lightning as L
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from distill.training.callbacks import AtomicCheckpointIO, NaNGuard
+    from distill.training.callbacks.preemption import PreemptionCheckpoint
+    from distill.training.csv_logger import AppendingCSVLogger
+    from distill.training.scaling import check_strategy
+
+    t = cfg.trainer
+    check_strategy(t)
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # our PreemptionCheckpoint requeues; Lightning's saves inside its handler
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    callbacks = [NaNGuard(checkpoint_every_n_steps=cfg.checkpoint.every_n_steps), *callbacks,
+                 # Last: it saves once every other callback has finished the step (EMA included).
+                 PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt")]
     return L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,

@@ -63,7 +63,8 @@ class FIDCallback(L.Callback):
     def _prepare(self, trainer, pl_module):
         from distill.evaluation.metrics.extractors import build_extractor
         from distill.evaluation.metrics.frechet import gaussian_stats
-        from distill.evaluation.metrics.reference import check_compatible, exact_samples, load_stats
+        from distill.evaluation.metrics.reference import check_compatible, load_stats
+        from distill.evaluation.teacher_quality import reference_images
 
         shape = pl_module.student.image_shape
         # Rank 0 first: the digits classifier may need training and caching; the others then read the cache.
@@ -79,12 +80,13 @@ class FIDCallback(L.Callback):
                 stats.mu, stats.sigma = gaussian_stats(extractor(stats.images))
             check_compatible(stats, extractor.name, int(stats.mu.shape[0]), self.ref)
             ref = (stats.mu, stats.sigma)
-        elif hasattr(pl_module.teacher, "sample"):
-            ref = gaussian_stats(extractor(exact_samples(pl_module.teacher, self.ref_num, self.seed)))
-        else:
-            log.warning("FID during training is off: the teacher has no exact samples; set eval.ref to an "
-                        ".npz of reference statistics")
-            return
+        else:  # exact samples of an analytic teacher, else the data a trained teacher was trained on
+            found = reference_images(pl_module.teacher, self.ref_num, self.seed)
+            if found is None:
+                log.warning("FID during training is off: the teacher has no exact samples and no recorded "
+                            "in-memory training data; set eval.ref to an .npz of reference statistics")
+                return
+            ref = gaussian_stats(extractor(found[0]))
         self._extractor, self._ref = extractor, ref
 
     def on_fit_start(self, trainer, pl_module):
