@@ -342,7 +342,9 @@ def apply_smoke(data: dict) -> dict:
         "checkpoint": {"every_n_steps": 1},
         "teacher": {"smoke": True},
     })
-    if smoke.get("data", {}).get("name") not in (None, "teacher", "digits", "toy2d"):
+    # A file teacher's smoke variant is a random network of its family's default shape: synthetic data fit it.
+    file_teacher = bool((smoke.get("teacher") or {}).get("path"))
+    if file_teacher or smoke.get("data", {}).get("name") not in (None, "teacher", "digits", "toy2d"):
         smoke["data"]["name"] = "synthetic"
     # A fresh tiny student: copying even a smoke teacher's backbone costs seconds per step at 256 px.
     # (Copies of every smoke teacher family are tested against the teacher in tests/test_teachers_*.py.)
@@ -373,6 +375,9 @@ def smoke_network(network: dict | None) -> dict:
 def resolve(recipe: str | Path | None, overrides: list[str] = ()) -> DictConfig:
     """Recipe path + overrides -> validated config."""
     data = load_yaml_chain(recipe) if recipe is not None else {}
+    if "model" in data and "student" not in data:
+        raise ConfigError(f"{recipe} is a teacher recipe (it has a `model` block and no `student`): train it with "
+                          "`distill train-teacher`")
     data = merge_blocks(data, parse_overrides(list(overrides)))
     if data.get("run", {}).get("smoke"):
         data = apply_smoke(data)

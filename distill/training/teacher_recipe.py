@@ -157,6 +157,10 @@ def apply_teacher_smoke(data: dict) -> dict:
 
 def resolve_teacher_recipe(recipe: str | Path | None, overrides: list[str] = ()) -> DictConfig:
     data = load_yaml_chain(recipe) if recipe is not None else {}
+    found = [block for block in ("teacher", "student", "method") if block in data]
+    if found:
+        raise ConfigError(f"{recipe} is a distillation recipe (it has {', '.join(f'`{b}`' for b in found)}): "
+                          "run it with `distill fit`; `distill train-teacher` takes a recipe with a `model` block")
     data = merge_blocks(data, parse_overrides(list(overrides)))
     if data.get("run", {}).get("smoke"):
         data = apply_teacher_smoke(data)
