@@ -38,7 +38,7 @@ class TeacherEvaluation(L.Callback):
         self.cfg, self.out = cfg, Path(run_dir) / "samples"
         self.result: dict | None = None
         self._ref = self._extractor = None
-        self._last_step = -1
+        self._last = None  # (step, samples, FID computed) of the last evaluation
 
     def on_fit_start(self, trainer, pl_module):
         from distill.evaluation.metrics.extractors import build_extractor
@@ -70,18 +70,20 @@ class TeacherEvaluation(L.Callback):
         from distill.evaluation.teacher_quality import heun_samples
 
         e, step = self.cfg.eval, trainer.global_step
-        if trainer.global_rank != 0 or step == self._last_step:
+        if trainer.global_rank != 0:
             return
-        self._last_step = step
-        teacher = averaged_teacher(trainer, pl_module).to(pl_module.device)
         t0 = time.perf_counter()
         num = max(e.num, e.grid_num) if self._extractor is not None else e.grid_num
-        x = heun_samples(teacher, num, e.nfe, seed=self.cfg.run.seed)
+        if self._last is None or self._last[0] != step:  # the end of a run may repeat the last evaluation
+            self._last = (step, heun_samples(averaged_teacher(trainer, pl_module).to(pl_module.device), num,
+                                             e.nfe, seed=self.cfg.run.seed), False)
+        _, x, scored = self._last
         if len(pl_module.spec.image_shape) == 3:
             self.out.mkdir(parents=True, exist_ok=True)
             save_grid(x[:e.grid_num], self.out / f"{tag}_heun{e.nfe}.png", cols=8)
-        if self._extractor is None or e.num < 2:
+        if self._extractor is None or e.num < 2 or scored:
             return
+        self._last = (step, x, True)
         fid = frechet_distance(*gaussian_stats(self._extractor(x[:e.num])), *self._ref[:2])
         self.result = {f"fid_heun{e.nfe}": fid, "num": e.num, "nfe": e.nfe, "features": self._extractor.name,
                        "reference": self._ref[2], "step": step}
@@ -97,7 +99,6 @@ class TeacherEvaluation(L.Callback):
             self.evaluate(trainer, pl_module, f"step{step:07d}")
 
     def on_train_end(self, trainer, pl_module):
-        self._last_step = -1  # the final grid is written even when the last step was just evaluated
         self.evaluate(trainer, pl_module, "final")
 
 
