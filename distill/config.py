@@ -306,8 +306,8 @@ def parse_overrides(overrides: list[str]) -> dict:
     return nested
 
 
-def _schema_fields(path: str) -> list[str]:
-    node: Any = Recipe
+def _schema_fields(path: str, schema: type | None = None) -> list[str]:
+    node: Any = schema or Recipe
     for part in [p for p in path.split(".") if p]:
         hints = {f.name: f for f in dataclasses.fields(node)}
         f = hints.get(part)
@@ -320,11 +320,11 @@ def _schema_fields(path: str) -> list[str]:
     return [f.name for f in dataclasses.fields(node)]
 
 
-def _explain(err: OmegaConfBaseException) -> str:
+def _explain(err: OmegaConfBaseException, schema: type | None = None) -> str:
     key = getattr(err, "full_key", None) or ""
     if isinstance(err, ConfigKeyError) or "not in" in str(err):
         parent = key.rsplit(".", 1)[0] if "." in key else ""
-        valid = _schema_fields(parent)
+        valid = _schema_fields(parent, schema)
         where = parent or "the top level"
         return (f"unknown key {key!r}; valid keys in {where}: {', '.join(valid)}" if valid
                 else f"unknown key {key!r}")
@@ -334,27 +334,36 @@ def _explain(err: OmegaConfBaseException) -> str:
     return f"{key}: {str(err).splitlines()[0]}"
 
 
-def to_config(data: dict) -> DictConfig:
-    """Validate a plain dict against the schema; returns a typed, read-only DictConfig."""
-    # Defaults are merged with the same block rule as `base:` (a teacher block naming another teacher
-    # does not inherit the default teacher's kwargs); the schema then checks names and types.
-    defaults = OmegaConf.to_container(OmegaConf.structured(Recipe))
+def validate(data: dict, schema: type, free_form=(), choices: dict | None = None) -> DictConfig:
+    """A plain dict checked against a dataclass schema (names, types, `choices`); returns a writable config.
+
+    Defaults are merged with the same block rule as `base:` (a block naming another teacher or network does
+    not inherit the default's kwargs); `free_form` lists the (block, key) dicts whose keys are not checked."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema))
     try:
         merged = merge_blocks(defaults, data)
-        cfg = OmegaConf.merge(OmegaConf.structured(Recipe), merged)
+        cfg = OmegaConf.merge(OmegaConf.structured(schema), merged)
         # OmegaConf unions free-form dicts with the schema's default dict; set them as merged above.
-        for block, key in FREE_FORM_BLOCKS:
+        for block, key in free_form:
             value = merged[block][key] if key else merged[block]
             OmegaConf.update(cfg, f"{block}.{key}" if key else block, value, merge=False)
     except OmegaConfBaseException as err:
-        raise ConfigError(_explain(err)) from None
-    from distill.config_checks import check_resolvable, check_values
+        raise ConfigError(_explain(err, schema)) from None
+    from distill.config_checks import check_resolvable
 
     check_resolvable(cfg)
-    for key, choices in CHOICES.items():
+    for key, valid in (choices or {}).items():
         value = OmegaConf.select(cfg, key)
-        if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of {', '.join(choices)}")
+        if value not in valid:
+            raise ConfigError(f"{key}: {value!r} is not a valid choice; choose one of {', '.join(valid)}")
+    return cfg
+
+
+def to_config(data: dict) -> DictConfig:
+    """Validate a plain dict against the schema; returns a typed, read-only DictConfig."""
+    from distill.config_checks import check_values
+
+    cfg = validate(data, Recipe, FREE_FORM_BLOCKS, CHOICES)
     for key, choices in LIST_CHOICES.items():
         bad = [v for v in OmegaConf.select(cfg, key) if v not in choices]
         if bad:
@@ -389,9 +398,24 @@ def apply_smoke(data: dict) -> dict:
         "checkpoint": {"every_n_steps": 1},
         "teacher": {"smoke": True},
     })
-    if smoke.get("data", {}).get("name") not in (None, "teacher", "digits", "toy2d"):
+    # A file teacher's smoke variant is a random network of its family's default shape: synthetic data fit it.
+    file_teacher = bool((smoke.get("teacher") or {}).get("path"))
+    if file_teacher or smoke.get("data", {}).get("name") not in (None, "teacher", "digits", "toy2d"):
         smoke["data"]["name"] = "synthetic"
-    net = dict(smoke.get("student", {}).get("network") or {"name": "small_unet"})
+    # A fresh tiny student: copying even a smoke teacher's backbone costs seconds per step at 256 px.
+    # (Copies of every smoke teacher family are tested against the teacher in tests/test_teachers_*.py.)
+    student = smoke.setdefault("student", {})
+    student["network"] = smoke_network(student.get("network"))
+    # LCM parameterises the teacher's own network, and adapters (LoRA, a guidance embedding) extend it: keep the copy.
+    keep = student.get("lora_rank") or student.get("guidance_embedding") or smoke.get("method", {}).get("name") == "lcm"
+    if not keep:
+        student["init"] = "network"
+    return smoke
+
+
+def smoke_network(network: dict | None) -> dict:
+    """A network block shrunk to a tiny network of the same family (run.smoke)."""
+    net = dict(network or {"name": "small_unet"})
     if net.get("name") == "small_unet":
         net.update(width=8, channel_mult=[1, 2], num_blocks=1)
     elif net.get("name") == "mlp":
@@ -405,20 +429,15 @@ def apply_smoke(data: dict) -> dict:
                            ("attention_resolutions", [attn])):
             if key in net:
                 net[key] = value
-    # A fresh tiny student: copying even a smoke teacher's backbone costs seconds per step at 256 px.
-    # (Copies of every smoke teacher family are tested against the teacher in tests/test_teachers_*.py.)
-    smoke.setdefault("student", {})["network"] = net
-    student = smoke["student"]
-    # LCM parameterises the teacher's own network, and adapters (LoRA, a guidance embedding) extend it: keep the copy.
-    keep = student.get("lora_rank") or student.get("guidance_embedding") or smoke.get("method", {}).get("name") == "lcm"
-    if not keep:
-        student["init"] = "network"
-    return smoke
+    return net
 
 
 def resolve(recipe: str | Path | None, overrides: list[str] = ()) -> DictConfig:
     """Recipe path + overrides -> validated config."""
     data = load_yaml_chain(recipe) if recipe is not None else {}
+    if "model" in data and "student" not in data:
+        raise ConfigError(f"{recipe} is a teacher recipe (it has a `model` block and no `student`): train it with "
+                          "`distill train-teacher`")
     data = merge_blocks(data, parse_overrides(list(overrides)))
     if data.get("run", {}).get("smoke"):
         data = apply_smoke(data)

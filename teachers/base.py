@@ -140,6 +140,8 @@ class Teacher(nn.Module):
         self.spec: dict[str, Any] = {}
         self.licence: str | None = None
         self.file_sha256: str | None = None
+        # The data a trained network saw (teacher.json's `data`), the FID reference when it has no exact samples.
+        self.training_data: dict[str, Any] | None = None
 
     @torch.no_grad()
     def denoise(self, x: torch.Tensor, sigma, cond: torch.Tensor | None = None) -> torch.Tensor:

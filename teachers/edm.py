@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -88,20 +89,32 @@ def read_edm_pickle(path: Path) -> tuple[nn.Module, dict]:
 
 
 def save_edm(net: nn.Module, path: str | Path, *, sigma_min: float, sigma_max: float, sigma_data: float,
-             image_shape, num_classes: int = 0, licence: str | None = None) -> Path:
-    """Write `path` (.safetensors) and its `.json` config, which `teachers.load({name: edm, path})` reads."""
-    from safetensors.torch import save_file
+             image_shape, num_classes: int = 0, licence: str | None = None, extra: dict | None = None) -> Path:
+    """Write `path` (.safetensors) and its `.json` config, which `teachers.load({name: edm, path})` reads.
+
+    `extra` adds fields to the JSON (`distill train-teacher`: `data`, the training data's record, which
+    evaluation uses as the FID reference; `training`; `eval`). Both files are written atomically."""
+    from safetensors.torch import save
 
     if not hasattr(net, "build_spec"):
         raise ValueError("save_edm needs a network built by teachers.networks.build_network (no build_spec)")
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(path))
+    _atomic_write(path, save({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}))
     config = {"format": FORMAT, "version": 1, "network": net.build_spec, "sigma_min": sigma_min,
               "sigma_max": sigma_max, "sigma_data": sigma_data, "image_shape": list(image_shape),
-              "num_classes": int(num_classes), "licence": licence}
-    path.with_suffix(".json").write_text(json.dumps(config, indent=2))
+              "num_classes": int(num_classes), "licence": licence, **(extra or {})}
+    _atomic_write(path.with_suffix(".json"), (json.dumps(config, indent=2) + "\n").encode())
     return path
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def read_edm_safetensors(path: Path, config: str | Path | None) -> tuple[nn.Module, dict]:
@@ -169,4 +182,6 @@ def _read_edm(p: Path, config, sigma_min, sigma_max) -> EDMTeacher:
         raise TeacherSpecError(f"teacher edm: {p} is neither a .pkl nor a .safetensors file")
     teacher = EDMTeacher(net, sigma_min=lo, sigma_max=hi, sigma_data=sd, image_shape=shape, num_classes=classes)
     teacher.licence = licence
+    if p.suffix == ".safetensors":
+        teacher.training_data = cfg.get("data")  # `distill train-teacher`'s record: evaluation's FID reference
     return teacher

@@ -3,6 +3,8 @@ written once per test session."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -13,6 +15,7 @@ __import__("pytest").importorskip("transformers")
 __import__("pytest").importorskip("peft")
 
 _ROOT = Path(tempfile.mkdtemp(prefix="distill-latent-"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
 
 @lru_cache(maxsize=None)

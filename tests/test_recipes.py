@@ -15,7 +15,10 @@ import yaml
 from distill.cli import main as distill_main
 from distill.config import resolve
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+ALL_RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+# Teacher recipes (`distill train-teacher`) have a `model` block; the others are distillation recipes.
+TEACHER_RECIPES = [p for p in ALL_RECIPES if "model" in (yaml.safe_load(p.read_text()) or {})]
+RECIPES = [p for p in ALL_RECIPES if p not in TEACHER_RECIPES]
 PAPER = ("cifar10_edm_cd_lpips", "cifar10_edm_cd_l2", "cifar10_ict", "cifar10_ect", "cifar10_ddpm_cd",
          "imagenet64_cd_lpips", "lsun_bedroom256_cd_lpips", "sd15_lcm", "sd15_lcm_lora", "sdxl_lcm_lora",
          "cifar10_scd", "cifar10_sct", "imagenet64_scd")
@@ -54,3 +57,24 @@ def test_paper_recipes_carry_published_numbers():
         header = "\n".join(line for line in text.splitlines() if line.startswith("#"))
         assert "Published" in header and "FID" in header, name
         assert "Expect" in header or "Differences" in header or "differ" in header, name
+
+
+@pytest.mark.parametrize("recipe", TEACHER_RECIPES, ids=lambda p: p.stem)
+def test_teacher_recipe_dry_run_and_smoke_run(recipe, capsys, tmp_path, monkeypatch):
+    from distill.training.teacher_fit import fit_teacher
+    from distill.training.teacher_recipe import resolve_teacher_recipe
+
+    monkeypatch.chdir(tmp_path)
+    assert distill_main(["train-teacher", str(recipe), "--dry-run"]) == 0
+    assert "model" in yaml.safe_load(capsys.readouterr().out) and list(tmp_path.iterdir()) == []
+    assert distill_main(["fit", str(recipe)]) == 2 and "distill train-teacher" in capsys.readouterr().err
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fit_teacher(resolve_teacher_recipe(recipe, ["run.smoke=true", f"run.dir={tmp_path / 'run'}"]))
+    assert (tmp_path / "run" / "teacher.safetensors").is_file() and (tmp_path / "run" / "teacher.json").is_file()
+
+
+def test_a_distillation_recipe_is_refused_by_train_teacher(capsys):
+    assert distill_main(["train-teacher", str(RECIPES[0]), "--dry-run"]) == 2
+    assert "distill fit" in capsys.readouterr().err

@@ -10,6 +10,12 @@ ECT tunes a pretrained diffusion model, and the digits teacher is a formula with
 trains the same UNet as a denoiser (EDM's loss, with the mixture's exact posterior mean as the regression
 target, so the "pretrained model" is as good as the budget allows) for `ect_pretrain_steps`, reported
 beside the result. CD and sCD evaluate the exact teacher at every step; CT, iCT, ECT and sCT only see data.
+
+`--teacher network` runs the workflow users run: a trained network teacher (recipes/digits_teacher.yaml,
+trained once and cached, distill/bench/network_teacher.py) and students copied from its backbone
+(recipes/digits_edm_cd.yaml, every method; ECT then needs no pretraining of its own). FID is then against the
+digits data the teacher was trained on, and each report also holds the teacher's own 35-NFE EDM Heun row and
+the student's FID as a ratio of it. `--sweep` adds the 2-step FID at second sigmas log-spaced over [0.2, 10].
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ from teachers.base import BackboneFeeding, Teacher
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_RECIPE = ROOT / "recipes" / "demo.yaml"
+NETWORK_RECIPE = ROOT / "recipes" / "digits_edm_cd.yaml"  # students of the trained (network) teacher
+TEACHER_NFE = 35  # the network teacher's own row: EDM's Heun sampler at EDM's CIFAR-10 NFE
+SWEEP_SIGMAS = [round(0.2 * 50 ** (i / 9), 4) for i in range(10)]  # 10 log-spaced values over [0.2, 10]
 
 # Each method with its paper's loss (and ECT's c = 0: the plain L2 norm over 1/(t - r), ECT's `-c 0`).
 # CT uses l2 here: the CM paper's CT used LPIPS, which means nothing on 8x8 digits.
@@ -87,22 +96,31 @@ def pretrain_denoiser(exact: Teacher, network: dict, steps: int, batch: int = 12
     return teacher.requires_grad_(False).eval()
 
 
-def method_config(method: str, run_dir: Path, steps: int, seed: int, extra: list[str] = ()):
+def method_config(method: str, run_dir: Path, steps: int | None, seed: int, extra: list[str] = (),
+                  teacher_path: Path | None = None):
+    """The bench's recipe for `method`: the demo recipe (exact teacher) or, given a trained teacher's file,
+    recipes/digits_edm_cd.yaml with that teacher; steps None keeps the recipe's own."""
     from omegaconf import OmegaConf
 
     from distill.config import load_yaml_chain, merge_blocks, to_config
 
-    data = merge_blocks(load_yaml_chain(BASE_RECIPE), METHOD_OVERRIDES[method])
+    if teacher_path is None:
+        data = merge_blocks(load_yaml_chain(BASE_RECIPE), METHOD_OVERRIDES[method])
+        # The benchmark's own settings, pinned so docs/benchmarks.md's table stays reproducible when the demo
+        # recipe changes (it moved to batch 64).
+        data = merge_blocks(data, {"data": {"batch_size": 128}, "student": {"sigmas_2": [80.0, 2.0]}})
+    else:
+        data = merge_blocks(load_yaml_chain(NETWORK_RECIPE), METHOD_OVERRIDES[method])
+        data = merge_blocks(data, {"teacher": {"name": "edm", "path": str(teacher_path)}})
+    steps = steps or data["trainer"]["max_steps"]
     data = merge_blocks(data, {"run": {"dir": str(run_dir), "seed": seed},
                                "trainer": {"max_steps": steps, "enable_progress_bar": False,
                                            "log_every_n_steps": max(steps // 10, 1)},
                                "checkpoint": {"every_n_steps": steps},
-                               # The benchmark's own settings, pinned so docs/benchmarks.md's table stays
-                               # reproducible when the demo recipe changes (it moved to batch 64).
-                               "data": {"batch_size": 128}, "student": {"sigmas_2": [80.0, 2.0]},
                                "eval": {"fid": False}})  # evaluated once at the end, below
     if method in ("scd", "sct"):
-        data = merge_blocks(data, {"method": {"tangent_warmup_steps": max(1, round(steps * TANGENT_WARMUP_FRACTION))}})
+        warmup = max(1, round(steps * TANGENT_WARMUP_FRACTION))
+        data = merge_blocks(data, {"method": {"tangent_warmup_steps": warmup}})
     if extra:
         from distill.config import parse_overrides
 
@@ -115,22 +133,38 @@ class Evaluator:
 
     The exact ODE endpoints (the expensive part: a tight dopri5 solve per noise) and the reference
     statistics are computed once and shared by every method, as `distill.evaluation.evaluate.generate` would compute
-    them for each: sample i uses seed + i, its first draw is the 1-step noise.
+    them for each: sample i uses seed + i, its first draw is the 1-step noise. The reference is exact samples
+    of an analytic teacher, or the data a trained teacher was trained on (`reference_images`); a teacher
+    without exact samples also gets its own EDM Heun row at `teacher_nfe`.
     """
 
-    def __init__(self, exact: Teacher, num: int, seed: int):
+    def __init__(self, teacher, num: int, seed: int, teacher_nfe=()):
+        from distill.evaluation.evaluate import reference_tolerance
         from distill.evaluation.metrics.extractors import build_extractor
+        from distill.evaluation.teacher_quality import heun_samples, reference_images
         from distill.math.solvers import reference_solution
         from distill.sampling import per_sample_noise
 
-        self.exact, self.num, self.seed = exact, num, seed
-        self.noise = per_sample_noise(range(seed, seed + num), exact.image_shape, 2)
-        x_t = self.noise[0].double() * exact.sigma_max
-        self.reference = reference_solution(exact.denoise, x_t, exact.sigma_max, exact.sigma_min)
-        self.true = exact.sample(max(num, 1000), torch.Generator().manual_seed(seed + 0x5EED))
-        self.extractor = build_extractor("auto", exact.image_shape)
+        self.teacher, self.num, self.seed = teacher, num, seed
+        self.noise = per_sample_noise(range(seed, seed + num), teacher.image_shape, 2)
+        x_t = self.noise[0].double() * teacher.sigma_max
+        tol = reference_tolerance(teacher)
+        self.reference = reference_solution(teacher.denoise, x_t, teacher.sigma_max, teacher.sigma_min,
+                                            rtol=tol, atol=tol)
+        self.true, self.reference_name = reference_images(teacher, num, seed)
+        self.extractor = build_extractor("auto", teacher.image_shape)
+        self.teacher_rows = {n: heun_samples(teacher, num, n, seed).double() for n in teacher_nfe}
 
-    def __call__(self, run_dir: Path) -> dict:
+    @torch.no_grad()
+    def fid(self, x: torch.Tensor) -> float:
+        from distill.evaluation.metrics.fid import add, distance, frechet_metric
+
+        if not hasattr(self, "_metric"):
+            self._metric = frechet_metric(self.extractor.module)
+            add(self._metric, self.true, real=True)
+        return distance(self._metric, x)
+
+    def __call__(self, run_dir: Path, sweep: bool = False) -> dict:
         from distill.evaluation.evaluate import report
         from distill.export import load_student
         from distill.sampling import consistency_sample, default_sigmas
@@ -139,60 +173,113 @@ class Evaluator:
         sigmas = {k: default_sigmas(student, k) for k in (1, 2)}
         with torch.no_grad():
             xs = {k: consistency_sample(student, self.noise, s).double().cpu() for k, s in sigmas.items()}
-        samples = {"student": xs, "teacher": {}, "reference": self.reference, "sigmas": sigmas}
-        return report(samples, self.true, f"{self.true.shape[0]} exact samples of the digits teacher",
-                      extractor=self.extractor)
+        samples = {"student": xs, "teacher": self.teacher_rows, "reference": self.reference, "sigmas": sigmas}
+        rep = report(samples, self.true, self.reference_name, extractor=self.extractor)
+        if self.teacher_rows:
+            t = rep["teacher"][str(max(self.teacher_rows))]["fid"]
+            rep["ratio_to_teacher"] = {k: rep["student"][k]["fid"] / t for k in rep["student"]}
+        if sweep:
+            rep["sweep"] = self.sweep(student)
+        return rep
+
+    @torch.no_grad()
+    def sweep(self, student) -> dict:
+        """2-step FID at [sigma_max, s] for s in SWEEP_SIGMAS (same noises): where the second step may go."""
+        from distill.sampling import consistency_sample
+
+        fids = [self.fid(consistency_sample(student, self.noise, [student.sigma_max, s]).double().cpu())
+                for s in SWEEP_SIGMAS]
+        return {"sigmas": list(SWEEP_SIGMAS), "fid": fids, "max_over_min": max(fids) / min(fids)}
 
 
-def run_quality(methods=("cd", "ct", "ict", "ect"), json_path: str | Path | None = None, *, steps: int = 1500,
-                ect_pretrain_steps: int = 1000, num: int = 1000, seed: int = 0, extra: list[str] = (),
+def run_quality(methods=("cd", "ct", "ict", "ect"), json_path: str | Path | None = None, *,
+                steps: int | None = 1500, ect_pretrain_steps: int = 1000, num: int = 1000, seed: int = 0,
+                extra: list[str] = (), teacher: str = "exact", sweep: bool = False, teacher_overrides=(),
                 log=print) -> dict:
-    """Train each method on digits for `steps` optimizer steps; {"<method>": report} (+ json_path)."""
+    """Train each method on digits for `steps` optimizer steps (None: the recipe's); {"<method>": report}
+    (+ json_path). teacher: exact (the digits mixture) or network (the cached trained digits teacher;
+    `teacher_overrides` apply to its recipe)."""
     import teachers
     from distill.training.fit import fit
 
     unknown = [m for m in methods if m not in METHOD_OVERRIDES]
     if unknown:
         raise ValueError(f"--method {','.join(unknown)}: choose from {', '.join(METHOD_OVERRIDES)}")
+    if teacher not in ("exact", "network"):
+        raise ValueError(f"--teacher {teacher!r}: choose exact or network")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    exact = teachers.load({"name": "digits"})
+    teacher_path = None
+    if teacher == "network":
+        from distill.bench.network_teacher import cached_teacher_path
+
+        teacher_path = cached_teacher_path(overrides=teacher_overrides, log=log)
+        base = teachers.load({"name": "edm", "path": str(teacher_path)})
+    else:
+        base = teachers.load({"name": "digits"})
     t0 = time.perf_counter()
-    evaluate = Evaluator(exact, num, seed)
+    evaluate = Evaluator(base, num, seed, teacher_nfe=(TEACHER_NFE,) if teacher_path else ())
     log(f"reference ODE endpoints of {num} noises: {time.perf_counter() - t0:.0f} s")
     results = {}
     with tempfile.TemporaryDirectory(prefix="distill-quality-") as tmp:
         for method in methods:
             t0 = time.perf_counter()
-            cfg = method_config(method, Path(tmp) / method, steps, seed, extra)
-            teacher, note = exact, {}
-            if method == "ect":
+            cfg = method_config(method, Path(tmp) / method, steps, seed, extra, teacher_path)
+            trained_with, note = base, {}
+            if method == "ect" and teacher_path is None:  # a network teacher already is the pretrained model
                 from omegaconf import OmegaConf
 
                 network = OmegaConf.to_container(cfg.student.network)
-                teacher = pretrain_denoiser(exact, network, ect_pretrain_steps, cfg.data.batch_size, seed=seed)
+                trained_with = pretrain_denoiser(base, network, ect_pretrain_steps, cfg.data.batch_size, seed=seed)
                 note = {"pretrain_steps": ect_pretrain_steps, "pretrain_s": round(time.perf_counter() - t0, 1)}
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                fit(cfg, teacher=teacher)
+                fit(cfg, teacher=trained_with if teacher_path is None else None)
             train_s = time.perf_counter() - t0
-            rep = evaluate(Path(tmp) / method)
-            rep["train"] = {"steps": steps, "seconds": round(train_s, 1), **note}
+            rep = evaluate(Path(tmp) / method, sweep=sweep)
+            rep["train"] = {"steps": cfg.trainer.max_steps, "seconds": round(train_s, 1), **note}
+            if teacher_path is not None:
+                rep["train"]["teacher"] = str(teacher_path)
             results[method] = rep
-            s1, s2 = rep["student"]["1"], rep["student"]["2"]
-            log(f"{method}: 1 step fid {s1['fid']:.3f} traj_rmse {s1['traj_rmse']:.4f} | 2 steps fid "
-                f"{s2['fid']:.3f} | fd_pixel {s1['fd_pixel']:.3f}/{s2['fd_pixel']:.3f} ({train_s:.0f} s)")
+            log(summary(method, rep, train_s))
     if json_path is not None:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 
+def summary(method: str, rep: dict, train_s: float) -> str:
+    s1, s2 = rep["student"]["1"], rep["student"]["2"]
+    line = (f"{method}: 1 step fid {s1['fid']:.3f} traj_rmse {s1['traj_rmse']:.4f} | 2 steps fid {s2['fid']:.3f} | "
+            f"fd_pixel {s1['fd_pixel']:.3f}/{s2['fd_pixel']:.3f} ({train_s:.0f} s)")
+    if "ratio_to_teacher" in rep:
+        t = rep["teacher"][str(TEACHER_NFE)]["fid"]
+        r = rep["ratio_to_teacher"]
+        line += f" | teacher {TEACHER_NFE} NFE fid {t:.3f}: ratios {r['1']:.2f} / {r['2']:.2f}"
+    if "sweep" in rep:
+        line += f" | sweep max/min {rep['sweep']['max_over_min']:.2f}"
+    return line
+
+
 def format_methods_table(results: dict) -> str:
-    """Markdown rows for docs/benchmarks.md."""
-    lines = ["| method | FID 1 step | FID 2 steps | fd_pixel 1 / 2 | traj_rmse 1 step | train s |",
-             "|---|---|---|---|---|---|"]
+    """Markdown rows for docs/benchmarks.md (with the teacher's FID and the ratios for a network teacher)."""
+    network = any("ratio_to_teacher" in rep for rep in results.values())
+    head = "| method | FID 1 step | FID 2 steps | fd_pixel 1 / 2 | traj_rmse 1 step | train s |"
+    if network:
+        head += f" teacher FID ({TEACHER_NFE} NFE) | ratio 1 / 2 |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for m, rep in results.items():
         s1, s2 = rep["student"]["1"], rep["student"]["2"]
-        lines.append(f"| {m} | {s1['fid']:.3f} | {s2['fid']:.3f} | {s1['fd_pixel']:.3f} / {s2['fd_pixel']:.3f} | "
-                     f"{s1['traj_rmse']:.4f} | {rep['train']['seconds']:.0f} |")
+        row = (f"| {m} | {s1['fid']:.3f} | {s2['fid']:.3f} | {s1['fd_pixel']:.3f} / {s2['fd_pixel']:.3f} | "
+               f"{s1['traj_rmse']:.4f} | {rep['train']['seconds']:.0f} |")
+        if network:
+            r = rep["ratio_to_teacher"]
+            row += f" {rep['teacher'][str(TEACHER_NFE)]['fid']:.3f} | {r['1']:.2f} / {r['2']:.2f} |"
+        lines.append(row)
+    sweeps = {m: rep["sweep"] for m, rep in results.items() if "sweep" in rep}
+    if sweeps:
+        sigmas = next(iter(sweeps.values()))["sigmas"]
+        lines += ["", "| 2-step FID at second sigma | " + " | ".join(f"{s:g}" for s in sigmas) + " | max/min |",
+                  "|---|" + "---|" * (len(sigmas) + 1)]
+        lines += [f"| {m} | " + " | ".join(f"{f:.2f}" for f in sw["fid"]) + f" | {sw['max_over_min']:.2f} |"
+                  for m, sw in sweeps.items()]
     return "\n".join(lines)

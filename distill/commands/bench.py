@@ -53,7 +53,13 @@ def add_parser(sub, name):
     q.set_defaults(_bench="threads")
     q = bench.add_parser("quality", help="cd, ct, ict, ect, scd, sct on the digits benchmark, same budget each")
     q.add_argument("--method", default="cd,ct,ict,ect", help="comma-separated: cd, ct, ict, ect, scd, sct")
-    q.add_argument("--steps", type=int, default=1500, help="optimizer steps per method")
+    q.add_argument("--teacher", default="exact", choices=("exact", "network"),
+                   help="exact: the digits mixture; network: a digits teacher trained by recipes/digits_teacher.yaml "
+                        "(cached under $DISTILL_CACHE/teachers), students copied from its backbone")
+    q.add_argument("--sweep", action="store_true",
+                   help="also the 2-step FID at 10 second sigmas log-spaced over [0.2, 10]")
+    q.add_argument("--steps", type=int, default=None,
+                   help="optimizer steps per method (default: 1500 exact; digits_edm_cd.yaml's with --teacher network)")
     q.add_argument("--ect-pretrain-steps", type=int, default=800,
                    help="denoiser steps that make ECT's pretrained diffusion model")
     q.add_argument("--num", type=int, default=1000, help="samples per evaluation")
@@ -146,10 +152,13 @@ def run(args) -> int:
         unknown = [m for m in methods if m not in METHOD_OVERRIDES]
         if unknown or not methods:
             raise BadInput(f"--method {args.method!r}: choose from {', '.join(METHOD_OVERRIDES)}")
+        if args.steps is not None and args.steps < 1:
+            raise BadInput(f"--steps must be positive, got {args.steps}")
         if args.threads:
             torch.set_num_threads(args.threads)
-        result = run_quality(methods, args.json, steps=args.steps, ect_pretrain_steps=args.ect_pretrain_steps,
-                             num=args.num, seed=args.seed)
+        steps = args.steps if args.steps is not None or args.teacher == "network" else 1500
+        result = run_quality(methods, args.json, steps=steps, ect_pretrain_steps=args.ect_pretrain_steps,
+                             num=args.num, seed=args.seed, teacher=args.teacher, sweep=args.sweep)
         print(format_methods_table(result))
         return 0
     if args._bench == "threads":

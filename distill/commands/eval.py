@@ -150,9 +150,8 @@ def teacher_block(text: str):
         raise BadInput(f"--teacher: {str(err).splitlines()[0]}") from None
 
 
-def search(args, student, extractor, ref, teacher) -> dict:
+def search(args, student, extractor, ref, teacher, ref_images) -> dict:
     from distill.evaluation.metrics.fid import add, frechet_metric, set_reference_stats
-    from distill.evaluation.metrics.reference import exact_samples
     from distill.evaluation.schedule_search import fid_objective, search_sigmas
     from distill.export import update_sampling_sigmas
 
@@ -161,8 +160,7 @@ def search(args, student, extractor, ref, teacher) -> dict:
     if ref is not None and ref.mu is not None:
         set_reference_stats(metric, ref.mu, ref.sigma)
     else:
-        images = ref.images if ref is not None else exact_samples(teacher, max(args.search_num, 1000), args.seed)
-        add(metric, images, real=True, batch_size=args.batch_size)
+        add(metric, ref.images if ref is not None else ref_images, real=True, batch_size=args.batch_size)
     t0 = time.perf_counter()
     found = search_sigmas(student, fid_objective(student, metric, args.search_num, seed=args.seed + 10**6,
                                                  batch_size=args.batch_size),
@@ -177,12 +175,29 @@ def search(args, student, extractor, ref, teacher) -> dict:
     return found
 
 
+def reference(teacher, spec: dict, args, ref_stats) -> tuple:
+    """(reference images or None, their description): exact samples of an analytic teacher, else the data a
+    trained teacher recorded in its teacher.json (distill train-teacher). --ref's statistics, when given,
+    replace these images' statistics for the FID (report.json's "reference" then names them)."""
+    from distill.cli import BadInput
+    from distill.evaluation.teacher_quality import reference_images
+
+    try:
+        found = reference_images(teacher, args.num, args.seed)
+    except ValueError as err:  # the recorded data could not be read back as it was trained on
+        raise BadInput(f"the teacher's recorded training data: {err}; give --ref FILE instead") from None
+    if found is None and ref_stats is None:
+        raise BadInput(f"the {spec.get('name', 'teacher')} teacher cannot draw exact samples and records no "
+                       "in-memory training data (teacher.json's `data`); give reference statistics with "
+                       "--ref FILE (.npz with mu and sigma)")
+    return found if found is not None else (None, "")
+
+
 def run(args) -> int:
     from distill.cli import BadInput
     from distill.commands.eval_images import run_images
     from distill.evaluation.evaluate import format_table, generate, plot_fid_vs_nfe, report
     from distill.evaluation.figures import save_comparison
-    from distill.evaluation.metrics.reference import exact_samples
     from distill.export import load_student
 
     if args.images or args.ref_images:
@@ -202,17 +217,12 @@ def run(args) -> int:
         return run_captions(args, student, steps, nfes)
     extractor, ref_stats = build_features(args, student)  # before any long work: bad input exits 2 now
     spec, teacher = load_teacher(args, student)
+    ref, name = reference(teacher, spec, args, ref_stats)
     if args.search_sigmas:
-        search(args, student, extractor, ref_stats, teacher)
+        search(args, student, extractor, ref_stats, teacher, ref)
     t0 = time.perf_counter()
     samples = generate(student, teacher, steps=steps, teacher_nfe=nfes, num=args.num, seed=args.seed,
                        batch_size=args.batch_size)
-    ref = exact_samples(teacher, max(args.num, 1000), args.seed) if hasattr(teacher, "sample") else None
-    if ref is None and ref_stats is None:
-        raise BadInput(f"the {spec.get('name', 'teacher')} teacher cannot draw exact samples; give reference "
-                       "statistics with --ref FILE (.npz with mu and sigma)")
-    tname = spec.get("name", "teacher")
-    name = f"{ref.shape[0]} exact samples of the {tname} teacher" if ref is not None else ""
     rep = report(samples, ref, name, extractor=extractor, ref_stats=ref_stats)
     seconds = time.perf_counter() - t0
     out = Path(args.out)

@@ -25,11 +25,11 @@ FILE_KEYS = (("teacher", "path"), ("data", "path"), ("loss", "lpips_backbone_pat
              ("eval", "inception_path"), ("eval", "ref"))
 
 
-def missing_files(plain: dict) -> list[str]:
-    """Paths named in the recipe that do not exist yet. URLs, `pipe:` commands and brace patterns
+def missing_files(plain: dict, keys=FILE_KEYS) -> list[str]:
+    """Paths named in the recipe (at `keys`) that do not exist yet. URLs, `pipe:` commands and brace patterns
     (webdataset shards) are not checked here; their loaders report them."""
     found = []
-    for block, key in FILE_KEYS:
+    for block, key in keys:
         value = (plain.get(block) or {}).get(key)
         if value and not any(ch in str(value) for ch in "{}:") and not Path(value).exists():
             found.append(f"{block}.{key}: {value}")

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from distill.evaluation.metrics.frechet import frechet_distance, gaussian_stats
+from distill.evaluation.metrics.fid import add, distance, frechet_metric
 from distill.math.solvers import edm_sampler, teacher_sigmas
 from distill.sampling import consistency_sample, per_sample_noise
 
@@ -51,7 +51,10 @@ def text2image_report(samples: dict, reference: torch.Tensor, captions: list[str
     """report.json-shaped: {"student": {k: {...}}, "teacher": {nfe: {...}}, "num_samples", "features", ...}."""
     from distill.evaluation.clip_score import clip_score
 
-    ref_stats = gaussian_stats(extractor(reference)) if extractor is not None else None
+    metric = None
+    if extractor is not None:  # torchmetrics' FID in the extractor's feature space, the captions' images as real
+        metric = frechet_metric(extractor.module)
+        add(metric, reference, real=True)
     rep = {"student": {}, "teacher": {}, "num_samples": int(reference.shape[0]),
            "features": extractor.name if extractor is not None else None,
            "reference": "the caption folder's images; CLIP score against its captions"}
@@ -59,7 +62,7 @@ def text2image_report(samples: dict, reference: torch.Tensor, captions: list[str
         for key, images in samples[row].items():
             entry = {}
             if extractor is not None:
-                entry["fid"] = frechet_distance(*gaussian_stats(extractor(images)), *ref_stats)
+                entry["fid"] = distance(metric, images)
             if clip is not None:
                 entry["clip_score"] = clip_score(images, captions, clip)
             rep[row][str(key)] = entry

@@ -14,6 +14,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import torch
 import yaml
 
 from distill import safe_yaml
@@ -80,28 +81,27 @@ def plan_run_dir(cfg) -> tuple[Path, Path | None]:
     return run_dir, None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The step of a resumable checkpoint (train-teacher; `distill fit` checks more: preflight.py)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        step = ckpt["global_step"]
+    except Exception as err:  # noqa: BLE001 - truncated, foreign or not a checkpoint at all
+        raise ConfigError(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:200] if str(err) else ''}); delete it to start this run "
+                          "over, or restore the file") from None
+    if not isinstance(step, int) or step < 0:
+        raise ConfigError(f"{path}: global_step {step!r} is not a step; delete it to start over")
+    return step
+
+
 def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | None = None):
-    import lightning as L
-    from lightning.pytorch.plugins.environments import SLURMEnvironment
-
-    from distill.training.callbacks import AtomicCheckpointIO, ExportStudent, LastCheckpoint, NaNGuard, StudentEMA
+    """The distillation trainer: EMA of the student, FID, checkpoints, sample grids, the student export."""
+    from distill.training.callbacks import ExportStudent, LastCheckpoint, StudentEMA
     from distill.training.callbacks.plot import TrainingPlot
-    from distill.training.callbacks.preemption import PreemptionCheckpoint
-    from distill.training.callbacks.progress import StepProgress
     from distill.training.callbacks.sample_grid import SampleGrid
-    from distill.training.loggers import build_loggers
-    from distill.training.scaling import check_strategy
 
-    t = cfg.trainer
-    check_strategy(t)
-    loggers = build_loggers(cfg, run_dir, resume_step)
-    plugins = [AtomicCheckpointIO()]
-    if SLURMEnvironment.detect():  # our PreemptionCheckpoint requeues; Lightning's saves inside its handler
-        plugins.append(SLURMEnvironment(auto_requeue=False))
-    # First, so that on every step where a later callback acts, NaN is caught before it saves or samples.
-    callbacks = [NaNGuard(also_every=(cfg.checkpoint.every_n_steps, cfg.eval.every_n_steps,
-                                      cfg.eval.grid_every_n_steps),
-                          checkpoint_path=run_dir / "checkpoints" / "last.ckpt")]
+    callbacks = []
     if cfg.ema.rates:
         callbacks.append(StudentEMA(cfg.ema.rates))
     if cfg.eval.fid:  # after StudentEMA, so it evaluates averages that include this step
@@ -109,15 +109,41 @@ def build_trainer(cfg, run_dir: Path, callbacks_extra=(), resume_step: int | Non
 
         callbacks.append(FIDCallback.from_config(cfg, run_dir))
     callbacks.append(TrainingPlot(run_dir, cfg.eval.every_n_steps if cfg.eval.fid else 0))
-    if t.enable_progress_bar:
-        callbacks.append(StepProgress())
     callbacks += list(callbacks_extra)
     callbacks += [LastCheckpoint(run_dir / "checkpoints", cfg.checkpoint.every_n_steps),
                   SampleGrid(run_dir, cfg.eval.steps, cfg.eval.grid_every_n_steps, num=cfg.eval.grid_num,
                              seed=cfg.run.seed),
-                  ExportStudent(run_dir),
-                  # Last: it saves once every other callback has finished the step (EMA included).
-                  PreemptionCheckpoint(run_dir / "checkpoints" / "last.ckpt")]
+                  ExportStudent(run_dir)]
+    return make_trainer(cfg, run_dir, callbacks, resume_step,
+                        acting_every=(cfg.eval.every_n_steps, cfg.eval.grid_every_n_steps))
+
+
+def make_trainer(cfg, run_dir: Path, callbacks, resume_step: int | None = None, acting_every=()):
+    """A Lightning Trainer for any run directory (distillation or teacher training): the recipe's `trainer`
+    block, atomic checkpoints, its loggers (metrics.csv survives resume), a NaN guard first and the preemption
+    checkpoint last around the run's own `callbacks`; `acting_every`: the periods at which they act."""
+    import lightning as L
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from distill.training.callbacks import AtomicCheckpointIO, NaNGuard
+    from distill.training.callbacks.preemption import PreemptionCheckpoint
+    from distill.training.callbacks.progress import StepProgress
+    from distill.training.csv_logger import AppendingCSVLogger
+    from distill.training.loggers import build_loggers
+    from distill.training.scaling import check_strategy
+
+    t = cfg.trainer
+    check_strategy(t)
+    loggers = build_loggers(cfg, run_dir, resume_step) if "log" in cfg else AppendingCSVLogger(run_dir, resume_step)
+    plugins = [AtomicCheckpointIO()]
+    if SLURMEnvironment.detect():  # our PreemptionCheckpoint requeues; Lightning's saves inside its handler
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    last = run_dir / "checkpoints" / "last.ckpt"
+    # First, so that on every step where a later callback acts, NaN is caught before it saves or samples.
+    callbacks = [NaNGuard(also_every=(cfg.checkpoint.every_n_steps, *acting_every), checkpoint_path=last),
+                 *callbacks, *([StepProgress()] if t.enable_progress_bar else []),
+                 # Last: it saves once every other callback has finished the step (EMA included).
+                 PreemptionCheckpoint(last)]
     return L.Trainer(
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,

@@ -23,7 +23,7 @@ def network_spec_for(network: dict, teacher) -> dict:
                          f"{', '.join(sorted(_NETWORKS))}")
     params = inspect.signature(_NETWORKS[name]).parameters
     shape = tuple(teacher.image_shape)
-    implied = {"in_channels": shape[0], "dim": shape[0] if len(shape) == 1 else None,
+    implied = {"in_channels": shape[0], "out_channels": shape[0], "dim": shape[0] if len(shape) == 1 else None,
                "num_classes": int(getattr(teacher, "num_classes", 0)), "img_resolution": shape[-1],
                "img_channels": shape[0], "label_dim": int(getattr(teacher, "num_classes", 0))}
     for key, value in implied.items():

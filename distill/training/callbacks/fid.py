@@ -65,11 +65,17 @@ class FIDCallback(L.Callback):
         from distill.evaluation.metrics.extractors import build_extractor
         from distill.evaluation.metrics.fid import add, frechet_metric, set_reference_stats
         from distill.evaluation.metrics.reference import check_compatible, exact_samples, load_stats
+        from distill.evaluation.teacher_quality import reference_images
 
-        if not self.ref and not hasattr(pl_module.teacher, "sample"):
-            log.warning("FID during training is off: the teacher has no exact samples; set eval.ref to an "
-                        ".npz of reference statistics")
-            return
+        ref = None
+        if not self.ref:  # exact samples of an analytic teacher, else the data a trained teacher was trained on
+            teacher = pl_module.teacher
+            ref = (exact_samples(teacher, self.ref_num, self.seed), "") if hasattr(teacher, "sample") else \
+                reference_images(teacher, self.ref_num, self.seed)
+            if ref is None:
+                log.warning("FID during training is off: the teacher has no exact samples and no recorded "
+                            "in-memory training data; set eval.ref to an .npz of reference statistics")
+                return
         shape = pl_module.student.image_shape
         # Rank 0 first: the digits classifier may need training and caching; the others then read the cache.
         if trainer.global_rank == 0:
@@ -89,8 +95,7 @@ class FIDCallback(L.Callback):
                 check_compatible(stats, extractor.name, extractor.num_features, self.ref)
                 set_reference_stats(metric, stats.mu, stats.sigma, rank)
         else:
-            ref = exact_samples(pl_module.teacher, self.ref_num, self.seed)
-            add(metric, share(ref, rank, world), real=True, batch_size=self.batch_size)
+            add(metric, share(ref[0], rank, world), real=True, batch_size=self.batch_size)
         self._metric = metric
 
     def on_fit_start(self, trainer, pl_module):

@@ -64,8 +64,10 @@ class NaNGuard(L.Callback):
         first = int(self._first_bad) if self._first_bad is not None else -1
         if first >= 0:
             raise NonFiniteLossError(self.message(trainer, pl_module, f"training loss became NaN/Inf at step {first}"))
-        if not all_finite(pl_module.student.parameters()):
-            raise NonFiniteLossError(self.message(trainer, pl_module, "the student's weights became NaN/Inf"))
+        # The student's weights (distillation), or the network's (train-teacher: the module is the network).
+        trained = pl_module.student if hasattr(pl_module, "student") else pl_module
+        if not all_finite(trained.parameters()):
+            raise NonFiniteLossError(self.message(trainer, pl_module, "the trained weights became NaN/Inf"))
 
     # -- the message: what happened, what is kept, the likely cause --------------------------------------
     def message(self, trainer, pl_module, what: str) -> str:
@@ -89,7 +91,7 @@ class NaNGuard(L.Callback):
         x0 = x0[:8]
         if not bool(torch.isfinite(x0).all()):
             return "Likely cause: the training data hold NaN/Inf values; check data.path."
-        target = pl_module.plan.target
+        target = getattr(getattr(pl_module, "plan", None), "target", None)
         if not getattr(target, "uses_teacher", False):
             return diverged.replace(" and the teacher's outputs are", " are")
         teacher = pl_module.teacher

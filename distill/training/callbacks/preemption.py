@@ -46,7 +46,7 @@ class Preempted(Exception):
     def __init__(self, step: int, signum: int, requeued: str | None):
         self.step, self.signum, self.requeued = step, signum, requeued
         name = signal.Signals(signum).name if signum else "signal"
-        again = f"; requeued SLURM job {requeued}" if requeued else "; run the same `distill fit` to resume"
+        again = f"; requeued SLURM job {requeued}" if requeued else "; run the same command again to resume"
         super().__init__(f"{name} received: checkpoint saved at step {step}{again}")
 
 
