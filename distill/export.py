@@ -21,7 +21,7 @@ from distill.api import Student  # the ConsistencyStudent with sample/edit metho
 from distill.math.precond import PARAMETERISATIONS, ConsistencyStudent
 from distill.methods.lcm import build_boundary
 from teachers.feeding import build_feeding
-from teachers.files import build_checked, check_zip_sizes, refusing
+from teachers.files import atomic_write_bytes, build_checked, check_zip_sizes, refusing
 from teachers.networks import build_network
 
 # 2: every network constructor argument is recorded (defaults too), `training_sigmas` (method.pairs).
@@ -137,16 +137,6 @@ def rebuild_student(meta: dict[str, Any], shapes: dict[str, tuple] | None = None
     student.training_sigmas = meta.get("training_sigmas") or {"pairs": "continuous"}
     student.meta = meta
     return student
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to path.tmp in the same folder, fsync, rename: a crash leaves the old file or the new one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from torch import nn
 
 from teachers.base import BackboneFeeding
 from teachers.files import (
+    atomic_write_bytes,
     build_checked,
     check_tensor_bytes,
     load_by_name,
@@ -100,21 +100,12 @@ def save_edm(net: nn.Module, path: str | Path, *, sigma_min: float, sigma_max: f
         raise ValueError("save_edm needs a network built by teachers.networks.build_network (no build_spec)")
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, save({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}))
+    atomic_write_bytes(path, save({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}))
     config = {"format": FORMAT, "version": 1, "network": net.build_spec, "sigma_min": sigma_min,
               "sigma_max": sigma_max, "sigma_data": sigma_data, "image_shape": list(image_shape),
               "num_classes": int(num_classes), "licence": licence, **(extra or {})}
-    _atomic_write(path.with_suffix(".json"), (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(config, indent=2) + "\n").encode())
     return path
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_edm_safetensors(path: Path, config: str | Path | None) -> tuple[nn.Module, dict]:

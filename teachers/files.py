@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -198,3 +199,13 @@ def smoke_levels(resolution: int) -> tuple[list[int], int]:
     while resolution >> (levels - 1) > 16:
         levels += 1
     return [1] * (levels - 1) + [2], resolution >> (levels - 1)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to path.tmp in the same folder, fsync, rename: a crash leaves the old file or the new one."""
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -116,3 +116,17 @@ def test_export_refuses_other_students_and_non_empty_folders(tiny_run, tmp_path,
     with pytest.raises(FileExistsError, match="not empty"):
         export_diffusers(student, tmp_path / "full")
     assert [p.name for p in tmp_path.iterdir()] == ["full"]  # nothing half-written beside it
+
+
+def test_distill_sample_of_an_lcm_student_exits_2_naming_the_way(tmp_path, capsys):
+    """`distill sample` draws pixel images; an LCM student's latents need the teacher's VAE and captions."""
+    from distill.cli import main
+    from distill.export import write_export
+
+    cfg = lcm_config("sd", "lora")
+    teacher, student = perturbed_student(cfg)
+    write_export(tmp_path, student_metadata(cfg, teacher, student), student.net.state_dict(), "online")
+    assert main(["sample", str(tmp_path), "--num", "1", "--out", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "--diffusers" in err and "Traceback" not in err, err
+    assert not (tmp_path / "x.png").exists()

@@ -147,19 +147,6 @@ def time_continuous_passes(module, x0, cond, gen, step: int, now) -> dict[str, f
     return out
 
 
-def method_available(key: str) -> bool:
-    if key != "ct":
-        return True
-    from distill import config
-
-    try:  # the methods module registers `method.name` choices on import
-        import distill.methods.plan  # noqa: F401
-    except ModuleNotFoundError as err:
-        if err.name != "distill.methods.plan":
-            raise
-    return "ct" in config.CHOICES.get("method.name", ())
-
-
 def step_config(spec: dict, key: str, run_dir: Path, max_steps: int, extra: dict | None = None):
     from distill.config import merge_blocks, to_config
 

@@ -77,6 +77,10 @@ def run(args) -> int:
     from distill.sampling import default_sigmas, sample
 
     student = load_student(args.path, device=args.device)
+    if student.boundary is not None:  # LCM students: text-conditional latents, decoded by the teacher's VAE
+        raise BadInput("this is a latent consistency (LCM) student: sample it through diffusers after "
+                       "`distill export PATH --diffusers OUT` (docs/lcm.md), or report it with `distill eval PATH "
+                       "--captions FOLDER`")
     if len(student.image_shape) != 3:
         raise BadInput("this student makes vectors, not images; use the Python API (distill.load_student)")
     if args.num < 1 or args.batch_size < 1:

@@ -31,8 +31,9 @@ FILE_KEYS = (("data", "path"), ("eval", "inception_path"), ("eval", "ref"))
 def dry_run(cfg, plain: dict, missing: list[str]) -> int:
     import torch
 
+    from distill.commands.fit import describe_run_dir
     from distill.config import ConfigError
-    from distill.training.teacher_fit import prepare, run_dir_status
+    from distill.training.teacher_fit import prepare
 
     print(yaml.safe_dump(plain, sort_keys=False), end="")
     for m in missing:
@@ -52,7 +53,7 @@ def dry_run(cfg, plain: dict, missing: list[str]) -> int:
             print(f"data: {data.images.shape[0]} images of shape {tuple(data.images.shape[1:])}; network: "
                   f"{sum(p.numel() for p in module.net.parameters()):,} parameters", file=sys.stderr)
     try:
-        print(f"run.dir: {run_dir_status(cfg)}", file=sys.stderr)
+        print(describe_run_dir(cfg), file=sys.stderr)
     except ConfigError as err:
         print(f"warning: run.dir: a real run would stop: {err}", file=sys.stderr)
     return 0

@@ -55,14 +55,3 @@ def fit_teacher(cfg) -> Path:
         write_config(run_dir, cfg)
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
     return run_dir
-
-
-def run_dir_status(cfg) -> str:
-    """What a real run would do with run.dir (for --dry-run): start, resume, or refuse (ConfigError)."""
-    run_dir, resume = plan_run_dir(cfg)
-    if resume is not None:
-        return f"would resume {run_dir} from step {checkpoint_step(resume)} ({resume})"
-    if (run_dir / "config.yaml").is_file():
-        return f"would restart {run_dir} (same config, no checkpoint yet)"
-    return f"would start a new run in {run_dir}"
-

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from teachers.files import atomic_write_bytes
+
 # Bump when the network or the training recipe changes: the cache file name carries it.
 VERSION = 1
 FEATURE_DIM = 64
@@ -113,13 +115,6 @@ def _paths() -> tuple[Path, Path]:
     return base.with_suffix(".safetensors"), base.with_suffix(".json")
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # pid in the temporary name: several DDP ranks may train and write at once; the last rename wins.
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def load_digits_classifier(retrain: bool = False) -> DigitsNet:
     """The cached classifier, trained (and cached) first when the cache is missing or unreadable."""
     from safetensors.torch import load_file, save
@@ -134,8 +129,8 @@ def load_digits_classifier(retrain: bool = False) -> DigitsNet:
             pass
     net, acc = train_digits_classifier()
     weights.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(weights, save({k: v.contiguous() for k, v in net.state_dict().items()}))
-    _atomic_write(info, json.dumps({"version": VERSION, "test_accuracy": acc, "torch": torch.__version__,
+    atomic_write_bytes(weights, save({k: v.contiguous() for k, v in net.state_dict().items()}))
+    atomic_write_bytes(info, json.dumps({"version": VERSION, "test_accuracy": acc, "torch": torch.__version__,
                                     "split": "80/20 of sklearn digits, seed 1234"}, indent=2).encode())
     return net
 
