@@ -107,7 +107,7 @@ def test_preempt_then_kill9_then_resume_is_bit_exact(reference, tmp_path):
 KILL_SCRIPT = """
 import os, signal, sys
 import torch
-import distill.export
+import teachers.files
 from distill.training.callbacks.checkpointing import AtomicCheckpointIO
 
 path, mode = sys.argv[1], sys.argv[2]
@@ -125,7 +125,7 @@ if mode == "mid-write":  # half the bytes reach the temporary file
             self.f.close()
         def write(self, data):
             self.f.write(data[: len(data) // 2]); self.f.flush(); die()
-    distill.export.open = Half
+    teachers.files.open = Half  # where atomic_write_bytes lives
 else:  # all bytes written, killed before the rename
     os.fsync = die
 io.save_checkpoint({"global_step": 2, "state_dict": {"w": torch.zeros(4096)}}, path)

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def remove_stale_tmp(run_dir: Path) -> list[Path]:
-    """`*.tmp` left by a kill during an atomic write (distill.export.atomic_write_bytes); rank 0, before
+    """`*.tmp` left by a kill during an atomic write (teachers.files.atomic_write_bytes); rank 0, before
     training, so nothing of this run is writing them."""
     found = [p for d in (run_dir, run_dir / "checkpoints", run_dir / "samples") if d.is_dir()
              for p in d.glob("*.tmp") if p.is_file()]
