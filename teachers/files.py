@@ -1,5 +1,5 @@
 """What every file-based loader shares: checking the file, its sha256, loading tensors by name, and the
-rules for reading a file nobody vouches for (teachers here, students in distill/export.py):
+rules for reading a file nobody vouches for (teachers here, students in distill/export/student.py):
 
 - `refusing(source)`: any exception while reading becomes the loader's refusal error naming the file
   (exit 2 in `distill`), never a raw traceback;

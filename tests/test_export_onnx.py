@@ -36,7 +36,7 @@ def demo_size_export(tmp_path, num_classes: int):
 @pytest.mark.parametrize("num_classes", [0, 10])
 def test_onnx_graph_equals_the_pytorch_student(tmp_path, capsys, num_classes):
     import distill
-    from distill.export_onnx import run_session, session
+    from distill.export.onnx import run_session, session
 
     run = demo_size_export(tmp_path, num_classes)
     out = tmp_path / "g.onnx"

@@ -14,7 +14,7 @@ from _latent import lcm_config, pipeline_folder
 import teachers
 from distill.config import to_plain
 from distill.export import rebuild_student, student_metadata
-from distill.export_diffusers import export_diffusers
+from distill.export.diffusers import export_diffusers
 from distill.sampling import consistency_sample, per_sample_noise
 from distill.training.student import build_student
 

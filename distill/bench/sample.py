@@ -37,7 +37,7 @@ def batch1_latency(student, repeats: int, now, log=say) -> dict:
     import tempfile
     from pathlib import Path
 
-    from distill.export_onnx import OneStepGenerator, example_inputs, export_onnx, run_session, session
+    from distill.export.onnx import OneStepGenerator, example_inputs, export_onnx, run_session, session
 
     student = student.to("cpu")
     generator = OneStepGenerator(student).eval()

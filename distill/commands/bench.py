@@ -85,7 +85,7 @@ def _run_performance(args, mod):
         if args.batch < 1 or args.repeats < 1:
             raise BadInput("--batch and --repeats must be positive")
         if args.onnx:
-            from distill.export_onnx import OnnxUnavailable, require_onnx
+            from distill.export.onnx import OnnxUnavailable, require_onnx
 
             try:
                 require_onnx()

@@ -14,10 +14,10 @@ from pathlib import Path
 FORMATS = {
     "onnx": ("OUT.onnx", "one-step generator graph: unit-Gaussian noise (B, C, H, W) [+ int64 labels (B,) for a "
              "class-conditional student] -> images in [-1, 1]; dynamic batch; checked in onnxruntime",
-             "distill.export_onnx:export_onnx"),
+             "distill.export.onnx:export_onnx"),
     "diffusers": ("OUT", "a latent consistency student (method lcm) as a UNet folder or LoRA weights plus its "
                   "LCMScheduler, which stock diffusers pipelines load (a new or empty folder)",
-                  "distill.export_diffusers:write_diffusers"),
+                  "distill.export.diffusers:write_diffusers"),
 }
 
 
