@@ -210,3 +210,20 @@ def test_bench_quality_network_teacher_with_sweep(tmp_path, distill_cache):
     assert any("training" in line for line in logs)
     path = cached_teacher_path(overrides=teacher_overrides, log=logs.append)
     assert "reusing" in logs[-1] and path.parent.parent == distill_cache / "teachers"
+
+
+def test_rerun_completes_a_teacher_run_killed_during_its_export(tmp_path):
+    """A kill after the final checkpoint left no teacher.safetensors; the rerun resumes at max_steps, where
+    Lightning skips on_train_end, and must still write the evaluation and the export (issue 13 item 8)."""
+    from distill.training.teacher_fit import fit_teacher
+
+    cfg = tiny_cfg(tmp_path / "run", "trainer.max_steps=4", "checkpoint.every_n_steps=2")
+    run = fit_teacher(cfg)
+    first = (run / "teacher.safetensors").read_bytes()
+    (run / "teacher.safetensors").unlink()
+    (run / "teacher.json").unlink()
+    (run / "teacher.json.tmp").write_text("{")  # a kill inside the atomic write
+    fit_teacher(cfg)
+    assert (run / "teacher.safetensors").read_bytes() == first  # the same EMA weights, from the checkpoint
+    assert json.loads((run / "teacher.json").read_text())["training"]["steps"] == 4
+    assert not (run / "teacher.json.tmp").exists()

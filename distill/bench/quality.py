@@ -107,8 +107,9 @@ def method_config(method: str, run_dir: Path, steps: int | None, seed: int, extr
     if teacher_path is None:
         data = merge_blocks(load_yaml_chain(BASE_RECIPE), METHOD_OVERRIDES[method])
         # The benchmark's own settings, pinned so docs/benchmarks.md's table stays reproducible when the demo
-        # recipe changes (it moved to batch 64).
-        data = merge_blocks(data, {"data": {"batch_size": 128}, "student": {"sigmas_2": [80.0, 2.0]}})
+        # recipe changes (it moved to batch 64, then to a cosine lr and sigmas_2 [80, 0.2]).
+        data = merge_blocks(data, {"data": {"batch_size": 128}, "student": {"sigmas_2": [80.0, 2.0]},
+                                   "optim": {"schedule": "constant"}})
     else:
         data = merge_blocks(load_yaml_chain(NETWORK_RECIPE), METHOD_OVERRIDES[method])
         data = merge_blocks(data, {"teacher": {"name": "edm", "path": str(teacher_path)}})

@@ -68,3 +68,34 @@ def complete_finished_run(trainer, module, run_dir: Path) -> list[str]:
     log.warning("run %s was complete up to step %d but its end was cut off; rewrote: %s", run_dir, step,
                 ", ".join(written))
     return written
+
+
+def teacher_export_step(run_dir: Path) -> int | None:
+    """The step teacher.json records (`training.steps`), or None when the export is missing or unreadable
+    (save_edm writes teacher.safetensors before teacher.json)."""
+    if not (run_dir / "teacher.safetensors").is_file():
+        return None
+    try:
+        meta = json.loads((run_dir / "teacher.json").read_text())
+    except (OSError, ValueError):
+        return None
+    step = (meta.get("training") or {}).get("steps") if isinstance(meta, dict) else None
+    return step if isinstance(step, int) else None
+
+
+def complete_finished_teacher(trainer, module, run_dir: Path) -> list[str]:
+    """`distill train-teacher`'s counterpart of complete_finished_run: the final evaluation and
+    teacher.safetensors + teacher.json, when the run is at its last step and they are missing or stale."""
+    cfg, step = module.cfg, trainer.global_step
+    if cfg.trainer.max_steps == -1 or step < cfg.trainer.max_steps or teacher_export_step(run_dir) == step:
+        return []
+    module.to(trainer.strategy.root_device)
+    written = []
+    for cb in trainer.callbacks:
+        name = type(cb).__name__
+        if name in ("TeacherEvaluation", "ExportTeacher"):  # in this order: the export records the FID
+            cb.on_train_end(trainer, module)
+            written.append(name)
+    log.warning("run %s was complete up to step %d but its end was cut off; rewrote: %s", run_dir, step,
+                ", ".join(written))
+    return written

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.config import ConfigError
+from distill.training.finish import complete_finished_teacher, remove_stale_tmp
 from distill.training.fit import checkpoint_step, is_global_rank_zero, make_trainer, plan_run_dir, write_config
 
 
@@ -52,6 +53,9 @@ def fit_teacher(cfg) -> Path:
     module, data = prepare(cfg, (resume_step or 0) * cfg.trainer.accumulate_grad_batches)
     trainer = build_teacher_trainer(cfg, run_dir, resume_step)
     if is_global_rank_zero():
+        remove_stale_tmp(run_dir)
         write_config(run_dir, cfg)
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    if is_global_rank_zero():
+        complete_finished_teacher(trainer, module, run_dir)
     return run_dir
