@@ -116,9 +116,10 @@ def consistency_sample(student, noise: list[torch.Tensor], sigmas: Sequence[floa
 
 @torch.no_grad()
 def sample(student, num: int, sigmas: Sequence[float], seed: int = 0, batch_size: int = 256,
-           cls=None, progress: bool = False) -> torch.Tensor:
+           cls=None, progress: bool = False, clamp: bool = True) -> torch.Tensor:
     """`num` samples (num, *image_shape) on CPU, images in [-1, 1]; sample i uses seed + i. `cls`: an int
-    for every sample, a list or tensor of `num` labels, or None (each sample's class from its seed)."""
+    for every sample, a list or tensor of `num` labels, or None (each sample's class from its seed).
+    clamp=False keeps the raw outputs: what `distill eval` scores (distill/evaluation/evaluate.py)."""
     sigmas = [float(s) for s in sigmas]
     if not sigmas or max(sigmas) > student.sigma_max * (1 + 1e-6) or min(sigmas) < student.sigma_min:
         raise ValueError(f"sampling sigmas {sigmas} leave the student's range "
@@ -135,7 +136,8 @@ def sample(student, num: int, sigmas: Sequence[float], seed: int = 0, batch_size
             seeds = range(seed + start, seed + min(start + batch_size, num))
             noise = per_sample_noise(seeds, student.image_shape, len(sigmas))
             cond = labels_for(student, seeds, None if labels is None else labels[start:start + len(seeds)], dev)
-            out.append(to_image_range(student, consistency_sample(student, noise, sigmas, cond)).float().cpu())
+            x = consistency_sample(student, noise, sigmas, cond)
+            out.append((to_image_range(student, x) if clamp else x).float().cpu())
             bar.update(len(seeds))
     return torch.cat(out)
 

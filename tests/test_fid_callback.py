@@ -35,7 +35,7 @@ def test_fid_is_logged_and_best_checkpoint_written(tiny_run):
 
 
 def test_logged_fid_is_the_exported_ema_students_fid(tiny_run):
-    """The last logged value, recomputed offline from the export (which holds the EMA weights), with
+    """The last logged value is report.json's: recomputed offline from the export (which holds the EMA weights), with
     scipy's sqrtm formula on the same digits features (an implementation independent of torchmetrics)."""
     from _frechet_reference import scipy_fd
 
@@ -43,16 +43,16 @@ def test_logged_fid_is_the_exported_ema_students_fid(tiny_run):
     from distill.evaluation.metrics.extractors import build_extractor
     from distill.evaluation.metrics.reference import exact_samples
     from distill.export import load_student
-    from distill.sampling import default_sigmas, sample
+    from distill.sampling import consistency_sample, default_sigmas, per_sample_noise
 
     student = load_student(tiny_run)
     assert student.meta["weights"].startswith("ema_")
     ext = build_extractor("auto", student.image_shape)
     ref = ext(exact_samples(teachers.load(student.meta["teacher"]["spec"]), 1000, 0))
     last = fid_rows(tiny_run)[-1]
-    for k in (1, 2):
-        x = sample(student, 64, default_sigmas(student, k), seed=0)
-        assert scipy_fd(ext(x), ref) == pytest.approx(float(last[f"fid_{k}step"]), rel=1e-6)
+    for k in (1, 2):  # raw outputs from per-sample noises, as `distill eval` (evaluation/evaluate.py) scores them
+        x = consistency_sample(student, per_sample_noise(range(64), student.image_shape, k), default_sigmas(student, k))
+        assert scipy_fd(ext(x.float()), ref) == pytest.approx(float(last[f"fid_{k}step"]), rel=1e-6)
 
 
 class ThreadGather:
