@@ -153,7 +153,7 @@ class Evaluator:
         tol = reference_tolerance(teacher)
         self.reference = reference_solution(teacher.denoise, x_t, teacher.sigma_max, teacher.sigma_min,
                                             rtol=tol, atol=tol)
-        self.true, self.reference_name = reference_images(teacher, num, seed)
+        self.true, self.reference_name = reference_images(teacher, max(num, 1000), seed)
         self.extractor = build_extractor("auto", teacher.image_shape)
         self.teacher_rows = {n: heun_samples(teacher, num, n, seed).double() for n in teacher_nfe}
 

@@ -183,7 +183,7 @@ def reference(teacher, spec: dict, args, ref_stats) -> tuple:
     from distill.evaluation.teacher_quality import reference_images
 
     try:
-        found = reference_images(teacher, args.num, args.seed)
+        found = reference_images(teacher, max(args.num, 1000), args.seed)  # a reference of at least 1,000
     except ValueError as err:  # the recorded data could not be read back as it was trained on
         raise BadInput(f"the teacher's recorded training data: {err}; give --ref FILE instead") from None
     if found is None and ref_stats is None:

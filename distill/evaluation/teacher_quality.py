@@ -38,12 +38,12 @@ def training_images(record: dict | None, image_shape) -> tuple[torch.Tensor, str
 
 
 def reference_images(teacher, num: int, seed: int) -> tuple[torch.Tensor, str] | None:
-    """The FID reference for a teacher and its students: `num` exact samples when the teacher can draw them
-    (at least 1,000), else the data it was trained on, else None (the caller asks for --ref)."""
+    """The FID reference for a teacher and its students: `num` exact samples when the teacher can draw them,
+    else the data it was trained on, else None (the caller asks for --ref)."""
     from distill.evaluation.metrics.reference import exact_samples
 
     if hasattr(teacher, "sample"):
-        ref = exact_samples(teacher, max(num, 1000), seed)
+        ref = exact_samples(teacher, num, seed)
         name = (getattr(teacher, "spec", None) or {}).get("name", "teacher")
         return ref, f"{ref.shape[0]} exact samples of the {name} teacher"
     return training_images(getattr(teacher, "training_data", None), teacher.image_shape)

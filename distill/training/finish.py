@@ -29,17 +29,42 @@ def remove_stale_tmp(run_dir: Path) -> list[Path]:
     return found
 
 
-def export_step(run_dir: Path) -> int | None:
-    """The step student.json records, or None when the export is missing or unreadable. write_export
-    writes student.safetensors first, so a student.json of step k means the weights beside it are too."""
-    if not (run_dir / "student.safetensors").is_file():
+def recorded_step(weights: Path, record: Path, *keys: str) -> int | None:
+    """The step a run's export records (`record`'s value at `keys`), or None when the export is missing or
+    unreadable. The weights are written before the record, so a record of step k means the weights are too."""
+    if not weights.is_file():
         return None
     try:
-        meta = json.loads((run_dir / "student.json").read_text())
+        meta = json.loads(record.read_text())
     except (OSError, ValueError):
         return None
-    step = meta.get("step") if isinstance(meta, dict) else None
-    return step if isinstance(step, int) else None
+    for key in keys:
+        meta = meta.get(key) if isinstance(meta, dict) else None
+    return meta if isinstance(meta, int) else None
+
+
+def export_step(run_dir: Path) -> int | None:
+    """The step student.json records (write_export: student.safetensors first)."""
+    return recorded_step(run_dir / "student.safetensors", run_dir / "student.json", "step")
+
+
+def at_last_step(trainer, module) -> bool:
+    max_steps = module.cfg.trainer.max_steps
+    return max_steps != -1 and trainer.global_step >= max_steps
+
+
+def rerun_end(trainer, module, run_dir: Path, names: list[str]) -> list[str]:
+    """Call the end-of-training hooks of the callbacks named `names`, in the trainer's order: Lightning skips
+    them when a rerun resumes at max_steps."""
+    module.to(trainer.strategy.root_device)  # Lightning's teardown moved it to the CPU
+    written = []
+    for cb in trainer.callbacks:
+        if type(cb).__name__ in names:
+            cb.on_train_end(trainer, module)
+            written.append(type(cb).__name__)
+    log.warning("run %s was complete up to step %d but its end was cut off; rewrote: %s", run_dir,
+                trainer.global_step, ", ".join(written))
+    return written
 
 
 def final_grids(run_dir: Path, module) -> list[Path]:
@@ -52,50 +77,18 @@ def final_grids(run_dir: Path, module) -> list[Path]:
 def complete_finished_run(trainer, module, run_dir: Path) -> list[str]:
     """Rank 0, after trainer.fit returned normally: write the sample grids and the export if the run is
     at its last step and they are missing or older than it. Returns what was written."""
-    cfg, step = module.cfg, trainer.global_step
-    if cfg.trainer.max_steps == -1 or step < cfg.trainer.max_steps:
+    if not at_last_step(trainer, module):
         return []
-    current = export_step(run_dir) == step
+    current = export_step(run_dir) == trainer.global_step
     if current and all(p.is_file() for p in final_grids(run_dir, module)):
         return []
-    module.to(trainer.strategy.root_device)  # Lightning's teardown moved it to the CPU
-    written = []
-    for cb in trainer.callbacks:
-        name = type(cb).__name__
-        if name == "SampleGrid" or (name == "ExportStudent" and not current):
-            cb.on_train_end(trainer, module)
-            written.append(name)
-    log.warning("run %s was complete up to step %d but its end was cut off; rewrote: %s", run_dir, step,
-                ", ".join(written))
-    return written
-
-
-def teacher_export_step(run_dir: Path) -> int | None:
-    """The step teacher.json records (`training.steps`), or None when the export is missing or unreadable
-    (save_edm writes teacher.safetensors before teacher.json)."""
-    if not (run_dir / "teacher.safetensors").is_file():
-        return None
-    try:
-        meta = json.loads((run_dir / "teacher.json").read_text())
-    except (OSError, ValueError):
-        return None
-    step = (meta.get("training") or {}).get("steps") if isinstance(meta, dict) else None
-    return step if isinstance(step, int) else None
+    return rerun_end(trainer, module, run_dir, ["SampleGrid"] + ([] if current else ["ExportStudent"]))
 
 
 def complete_finished_teacher(trainer, module, run_dir: Path) -> list[str]:
-    """`distill train-teacher`'s counterpart of complete_finished_run: the final evaluation and
-    teacher.safetensors + teacher.json, when the run is at its last step and they are missing or stale."""
-    cfg, step = module.cfg, trainer.global_step
-    if cfg.trainer.max_steps == -1 or step < cfg.trainer.max_steps or teacher_export_step(run_dir) == step:
+    """`distill train-teacher`'s counterpart: the final evaluation and teacher.safetensors + teacher.json
+    (save_edm writes the weights first; teacher.json records `training.steps`) when missing or stale."""
+    recorded = recorded_step(run_dir / "teacher.safetensors", run_dir / "teacher.json", "training", "steps")
+    if not at_last_step(trainer, module) or recorded == trainer.global_step:
         return []
-    module.to(trainer.strategy.root_device)
-    written = []
-    for cb in trainer.callbacks:
-        name = type(cb).__name__
-        if name in ("TeacherEvaluation", "ExportTeacher"):  # in this order: the export records the FID
-            cb.on_train_end(trainer, module)
-            written.append(name)
-    log.warning("run %s was complete up to step %d but its end was cut off; rewrote: %s", run_dir, step,
-                ", ".join(written))
-    return written
+    return rerun_end(trainer, module, run_dir, ["TeacherEvaluation", "ExportTeacher"])  # the export records the FID

@@ -64,14 +64,12 @@ class FIDCallback(L.Callback):
     def _prepare(self, trainer, pl_module):
         from distill.evaluation.metrics.extractors import build_extractor
         from distill.evaluation.metrics.fid import add, frechet_metric, set_reference_stats
-        from distill.evaluation.metrics.reference import check_compatible, exact_samples, load_stats
+        from distill.evaluation.metrics.reference import check_compatible, load_stats
         from distill.evaluation.teacher_quality import reference_images
 
         ref = None
         if not self.ref:  # exact samples of an analytic teacher, else the data a trained teacher was trained on
-            teacher = pl_module.teacher
-            ref = (exact_samples(teacher, self.ref_num, self.seed), "") if hasattr(teacher, "sample") else \
-                reference_images(teacher, self.ref_num, self.seed)
+            ref = reference_images(pl_module.teacher, self.ref_num, self.seed)
             if ref is None:
                 log.warning("FID during training is off: the teacher has no exact samples and no recorded "
                             "in-memory training data; set eval.ref to an .npz of reference statistics")
