@@ -81,6 +81,9 @@ class StudentConfig:
     # Warm start (distill/methods/denoiser.py): the first denoiser_steps optimizer steps train the network as the
     # teacher's denoiser (EDM's loss), the rest distil; for teachers without a network to copy.
     denoiser_steps: int = 0
+    # ... or as a share of trainer.max_steps, so that the warm start keeps its proportion when a run is made longer
+    # or shorter (recipes/demo.yaml: 0.18; a 4-step smoke run then has none). Set one of the two.
+    denoiser_fraction: float = 0.0
     compile: bool = False
     checkpointing: bool = False
     # Latent consistency students of a diffusers UNet2DConditionModel teacher (distill/methods/lcm.py):
@@ -359,6 +362,12 @@ def validate(data: dict, schema: type, free_form=(), choices: dict | None = None
     return cfg
 
 
+def warm_start_steps(cfg: DictConfig) -> int:
+    """How many optimizer steps the denoiser warm start takes: student.denoiser_steps, or denoiser_fraction of
+    trainer.max_steps (rounded down)."""
+    return cfg.student.denoiser_steps or int(cfg.student.denoiser_fraction * cfg.trainer.max_steps)
+
+
 def to_config(data: dict) -> DictConfig:
     """Validate a plain dict against the schema; returns a typed, read-only DictConfig."""
     from distill.config_checks import check_values
@@ -378,6 +387,15 @@ def to_config(data: dict) -> DictConfig:
                                            cfg.student.denoiser_steps >= cfg.trainer.max_steps):
         raise ConfigError(f"student.denoiser_steps ({cfg.student.denoiser_steps}) must lie in [0, trainer.max_steps)")
     check_values(cfg)
+    if not 0.0 <= cfg.student.denoiser_fraction < 1.0:
+        raise ConfigError(f"student.denoiser_fraction must lie in [0, 1), got {cfg.student.denoiser_fraction}")
+    if cfg.student.denoiser_fraction and cfg.student.denoiser_steps:
+        raise ConfigError("student.denoiser_steps and student.denoiser_fraction both set a warm start: keep one "
+                          "(e.g. student.denoiser_fraction=0)")
+    if cfg.student.denoiser_fraction and cfg.trainer.max_steps <= 0:
+        raise ConfigError(f"student.denoiser_fraction ({cfg.student.denoiser_fraction}) is a share of "
+                          f"trainer.max_steps, which is {cfg.trainer.max_steps} (no limit): give a positive "
+                          "trainer.max_steps, or student.denoiser_steps=N with student.denoiser_fraction=0")
     if not cfg.student.sigma_min < cfg.student.sigma_max:
         raise ConfigError("student.sigma_min must be below student.sigma_max")
     OmegaConf.set_readonly(cfg, True)

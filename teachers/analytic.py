@@ -6,7 +6,7 @@ and its posterior mean (EDM eq. 57, generalised to a mixture) is
     D(x, s) = sum_k r_k(x) (mu_k + s0^2 / (s0^2 + s^2) (x - mu_k)),
     r_k = softmax_k(log w_k - ||x - mu_k||^2 / (2 (s0^2 + s^2))).
 
-Computed in float64 with logsumexp, so the ODE it defines can be solved to any accuracy and a
+Computed in float64 with a max-subtracted softmax, so the ODE it defines can be solved to any accuracy and a
 student's error is measured against the truth rather than against another approximation.
 With s0 = 0 it is the ideal denoiser of the data set itself (DESIGN.md, "The embedded default").
 """
@@ -43,21 +43,21 @@ class GaussianMixtureTeacher(Teacher):
         self.register_buffer("labels", labels.long() if labels is not None else torch.zeros(k, dtype=torch.long))
         self.register_buffer("means_sqnorm", (means**2).sum(1))
 
-    def _log_resp(self, x: torch.Tensor, var: torch.Tensor, cond) -> torch.Tensor:
-        """log r_k(x) for x (B, d) in float64, var (B,) = s0^2 + sigma^2."""
+    def _logits(self, x: torch.Tensor, var: torch.Tensor, cond) -> torch.Tensor:
+        """log r_k(x) up to a per-row constant, for x (B, d) in float64, var (B,) = s0^2 + sigma^2."""
         sq = (x**2).sum(1, keepdim=True) - 2 * x @ self.means.T + self.means_sqnorm  # (B, K)
         logits = self.log_weights - sq.clamp_min(0) / (2 * var[:, None])
         if cond is not None and self.num_classes:
             keep = self.labels[None, :] == torch.as_tensor(cond, device=x.device).long()[:, None]
             logits = logits.masked_fill(~keep, -math.inf)
-        return logits - logits.logsumexp(1, keepdim=True)
+        return logits
 
     def _denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond) -> torch.Tensor:
         shape = x.shape
         x64 = x.to(self.means.device, torch.float64).flatten(1)
         s2 = sigma.to(x64.device, torch.float64) ** 2
         var = self.sigma0**2 + s2
-        r = self._log_resp(x64, var, cond).exp()  # (B, K)
+        r = self._logits(x64, var, cond).softmax(1)  # (B, K); one pass, where logsumexp then exp makes two
         pull = (self.sigma0**2 / var)[:, None]
         out = (1 - pull) * (r @ self.means) + pull * x64
         return out.reshape(shape).to(x.device)

@@ -85,7 +85,8 @@ def test_the_default_is_continuous_and_the_plan_records_what_was_trained():
     grid = plan(resolve(RECIPES / "demo.yaml", ["method.pairs=grid"]), exact, SMIN, SMAX)
     rec = grid.training_sigmas(4500)
     assert rec["pairs"] == "grid" and rec["levels"] == pytest.approx(cd_grid(18, SMIN, SMAX).flip(0).tolist())
-    ict = plan(resolve(RECIPES / "demo.yaml", ["method.name=ict", "method.pairs=grid", "loss.name=pseudo_huber"]),
+    ict = plan(resolve(RECIPES / "demo.yaml", ["method.name=ict", "method.pairs=grid", "loss.name=pseudo_huber",
+                                               "trainer.max_steps=4500", "student.denoiser_fraction=0"]),
                exact, SMIN, SMAX)
     assert len(ict.training_sigmas(4500)["levels"]) == C.ict_N(4500, 4500)  # the grid of the last step
 

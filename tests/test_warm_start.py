@@ -1,4 +1,4 @@
-"""The denoiser warm start (student.denoiser_steps) and the learning-rate schedule (optim.schedule)."""
+"""The denoiser warm start (student.denoiser_steps or _fraction) and the learning-rate schedule (optim.schedule)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import teachers
-from distill.config import ConfigError, resolve
+from distill.config import ConfigError, resolve, warm_start_steps
 from distill.methods import curriculum as C
 from distill.methods.denoiser import denoiser_loss, edm_weight
 from distill.training.lr_schedule import lr_factor
@@ -78,6 +78,22 @@ def test_curricula_start_after_the_warm_start():
 def test_warm_start_longer_than_the_run_is_refused():
     with pytest.raises(ConfigError, match="denoiser_steps"):
         resolve(TOY, ["student.denoiser_steps=600"])  # max_steps is 600 in the recipe
+
+
+def test_warm_start_as_a_share_of_the_run_scales_with_its_length():
+    cfg = resolve(TOY, ["method.name=ct", "trainer.max_steps=150", "student.denoiser_fraction=0.2"])
+    assert warm_start_steps(cfg) == 30
+    module = ConsistencyDistillation(cfg, teachers.load({"name": "toy2d"}))
+    assert module.denoiser_steps == 30 and module.plan.levels(120) == C.ct_N(120, 120)  # K = 150 - 30
+    assert warm_start_steps(resolve(TOY, ["trainer.max_steps=4", "student.denoiser_fraction=0.2"])) == 0
+
+
+@pytest.mark.parametrize("overrides", [["student.denoiser_fraction=1.0"], ["student.denoiser_fraction=-0.1"],
+                                       ["student.denoiser_fraction=0.2", "student.denoiser_steps=10"],
+                                       ["student.denoiser_fraction=0.2", "trainer.max_steps=-1"]])
+def test_bad_warm_start_share_is_refused(overrides):
+    with pytest.raises(ConfigError, match="denoiser_fraction"):  # the message names the key and the fix
+        resolve(TOY, overrides)
 
 
 def test_cosine_schedule_reaches_lightning(tmp_path):

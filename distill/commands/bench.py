@@ -18,8 +18,9 @@ def add_parser(sub, name):
     q = bench.add_parser("step", help="training-step time against the network passes it needs",
                          description="Times a full training step as Lightning runs it and, in the same "
                                      "process, the step's network passes alone; medians over repeats.")
-    q.add_argument("--size", default="demo", help="comma-separated: demo (the demo recipe's student, "
-                   "batch 32), cifar10 (DDPM++ student and teacher, batch 2), tiny (tests)")
+    q.add_argument("--size", default="demo", help="comma-separated: demo (the small conv UNet student, batch "
+                   "32), demo_mlp (recipes/demo.yaml's MLP student, batch 32), cifar10 (DDPM++ student and "
+                   "teacher, batch 2), tiny (tests)")
     q.add_argument("--methods", default="heun_cd,euler_cd,ct", help="comma-separated: heun_cd, euler_cd, ct, scd")
     q.add_argument("--repeats", type=int, default=None,
                    help="timed steps (and as many probes) per method (default: 30 demo/tiny, 3 cifar10)")

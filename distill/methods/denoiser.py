@@ -1,5 +1,5 @@
 """Denoiser regression (EDM, Karras et al. 2022, sec. 5): the warm start of a student whose teacher has no
-network to copy (`student.denoiser_steps`).
+network to copy (`student.denoiser_steps` or `student.denoiser_fraction`).
 
 The CM paper initialises the consistency model from the pretrained diffusion model's weights; a student of an
 analytic teacher (or of any teacher without a backbone) has none. The warm start trains the student's own

@@ -35,7 +35,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
-from distill.config import register_choices
+from distill.config import register_choices, warm_start_steps
 from distill.methods import curriculum as C
 from distill.methods.targets import DataStep, TeacherStep
 
@@ -124,8 +124,8 @@ def _levels(curriculum: str, m, total: int):
 
 
 def method_steps(cfg) -> int:
-    """K: the method's own steps, those after the denoiser warm start (student.denoiser_steps)."""
-    return cfg.method.total_steps or cfg.trainer.max_steps - cfg.student.denoiser_steps
+    """K: the method's own steps, those after the denoiser warm start (student.denoiser_steps/_fraction)."""
+    return cfg.method.total_steps or cfg.trainer.max_steps - warm_start_steps(cfg)
 
 
 def discrete_sigmas(teacher, method: str):

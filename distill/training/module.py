@@ -20,6 +20,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from distill.config import warm_start_steps
 from distill.data.step_batches import mix_seed
 from distill.math.schedules import cd_grid
 from distill.methods.denoiser import denoiser_loss, edm_sigmas
@@ -83,7 +84,7 @@ class ConsistencyDistillation(L.LightningModule):
         self._mu = self.plan.mu(0)
         # Recorded in student.json: sampling snaps to the levels of a student trained on a grid.
         self.student.training_sigmas = self.plan.training_sigmas(method_steps(cfg))
-        self.denoiser_steps = cfg.student.denoiser_steps
+        self.denoiser_steps = warm_start_steps(cfg)
         # sCD/sCT's objective holds the learned weighting w_phi: registered (optimised, checkpointed, in DDP).
         self.objective = self.plan.objective
 

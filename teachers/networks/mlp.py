@@ -1,4 +1,4 @@
-"""An MLP for vector data (toy2d): (B, d), c_noise (B,), cond -> (B, d)."""
+"""An MLP for vectors and tiny images (toy2d, the digits demo): input (B, ...) flattened, c_noise (B,), cond."""
 
 from __future__ import annotations
 
