@@ -82,7 +82,7 @@ class StudentConfig:
     # teacher's denoiser (EDM's loss), the rest distil; for teachers without a network to copy.
     denoiser_steps: int = 0
     # ... or as a share of trainer.max_steps, so that the warm start keeps its proportion when a run is made longer
-    # or shorter (recipes/demo.yaml: 0.18; a 4-step smoke run then has none). Set one of the two.
+    # or shorter (recipes/demo.yaml: 0.07; a 4-step smoke run then has none). Set one of the two.
     denoiser_fraction: float = 0.0
     compile: bool = False
     checkpointing: bool = False
