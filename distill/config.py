@@ -383,10 +383,10 @@ def to_config(data: dict) -> DictConfig:
         raise ConfigError(f"data.batch_size must be positive, got {cfg.data.batch_size}")
     if not (0.0 <= cfg.method.mu < 1.0):
         raise ConfigError(f"method.mu must lie in [0, 1), got {cfg.method.mu}")
+    check_values(cfg)
     if cfg.student.denoiser_steps < 0 or (cfg.trainer.max_steps > 0 and
                                            cfg.student.denoiser_steps >= cfg.trainer.max_steps):
         raise ConfigError(f"student.denoiser_steps ({cfg.student.denoiser_steps}) must lie in [0, trainer.max_steps)")
-    check_values(cfg)
     if not 0.0 <= cfg.student.denoiser_fraction < 1.0:
         raise ConfigError(f"student.denoiser_fraction must lie in [0, 1), got {cfg.student.denoiser_fraction}")
     if cfg.student.denoiser_fraction and cfg.student.denoiser_steps:
