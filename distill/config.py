@@ -111,7 +111,9 @@ class MethodConfig:
     # Curricula (distill/methods/curriculum.py), functions of the global step; auto: the method's own.
     curriculum: str = "auto"  # fixed (N) | ct (CM app. C) | ict (doubling, iCT eq. 8) | ect (ECT r(t))
     # | timesteps (LCM: the teacher's own timesteps, `skip` apart)
-    mu_schedule: str = "auto"  # fixed (mu) | adaptive (CM app. C: exp(s0 ln mu0 / N(k))) | none (stop-grad)
+    # fixed (mu) | adaptive (CM app. C: exp(s0 ln mu0 / N(k))) | none (stop-grad). CT's adaptive target collapsed
+    # to a constant output in a 4,500-step digits run where `none` trained (docs/benchmarks.md, "cosine lr").
+    mu_schedule: str = "auto"
     mu0: float = 0.9  # adaptive mu's rate at N = s0 (CM paper, CIFAR-10 CT)
     s0: int | None = None  # N(k) from s0 + 1 ...; None: the paper's (CT 2, iCT 10)
     s1: int | None = None  # ... to s1 + 1 levels; None: the paper's (CT 150, iCT 1280)
