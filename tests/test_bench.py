@@ -101,3 +101,21 @@ def test_bench_threads_ratios(monkeypatch):
 def test_bench_threads_rejects_bad_settings(run_cli):
     proc = run_cli("bench", "threads", "--threads", "auto,zero")
     assert proc.returncode == 2 and "--threads" in proc.stderr
+
+
+def test_bench_quality_overrides_reach_every_method_after_the_bench_settings():
+    """Trailing key=value overrides apply to each method's recipe on top of the bench's pins (cosine lr)."""
+    from pathlib import Path
+
+    from distill.bench.quality import method_config
+
+    cfg = method_config("ct", Path("unused"), 10, 0, ["method.mu_schedule=none", "optim.lr=1e-4"])
+    assert cfg.method.mu_schedule == "none" and cfg.optim.lr == 1e-4
+    assert cfg.optim.schedule == "cosine" and cfg.student.denoiser_fraction == 0.0  # the bench's own pins
+    assert method_config("ct", Path("unused"), 10, 0).method.mu_schedule == "auto"
+
+
+def test_bench_quality_rejects_a_bad_override_before_training(run_cli):
+    proc = run_cli("bench", "quality", "--method", "cd,ct", "--steps", "2", "method.bogus=1", timeout=120)
+    assert proc.returncode == 2 and "method.bogus" in proc.stderr
+    assert "reference ODE" not in proc.stdout + proc.stderr  # failed before the expensive part began

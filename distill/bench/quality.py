@@ -215,6 +215,11 @@ def run_quality(methods=("cd", "ct", "ict", "ect"), json_path: str | Path | None
     if teacher not in ("exact", "network"):
         raise ValueError(f"--teacher {teacher!r}: choose exact or network")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    # Every method's recipe first: a bad override fails here (ConfigError, exit 2), not after minutes of teacher
+    # training and reference ODE solves.
+    for method in methods:
+        method_config(method, Path("unused"), steps, seed, extra,
+                      Path("teacher.safetensors") if teacher == "network" else None)
     teacher_path = None
     if teacher == "network":
         from distill.bench.network_teacher import cached_teacher_path

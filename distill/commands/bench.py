@@ -61,12 +61,15 @@ def add_parser(sub, name):
                    help="also the 2-step FID at 10 second sigmas log-spaced over [0.2, 10]")
     q.add_argument("--steps", type=int, default=None,
                    help="optimizer steps per method (default: 1500 exact; digits_edm_cd.yaml's with --teacher network)")
-    q.add_argument("--ect-pretrain-steps", type=int, default=800,
+    q.add_argument("--ect-pretrain-steps", type=int, default=1000,
                    help="denoiser steps that make ECT's pretrained diffusion model")
     q.add_argument("--num", type=int, default=1000, help="samples per evaluation")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--threads", type=int, default=1, help="intra-op threads (1: steadiest on a shared CPU)")
     q.add_argument("--json", default=None)
+    q.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="recipe overrides for every method, after the bench's own settings "
+                        "(e.g. method.mu_schedule=none)")
     q.set_defaults(_bench="quality")
     return p
 
@@ -159,7 +162,8 @@ def run(args) -> int:
             torch.set_num_threads(args.threads)
         steps = args.steps if args.steps is not None or args.teacher == "network" else 1500
         result = run_quality(methods, args.json, steps=steps, ect_pretrain_steps=args.ect_pretrain_steps,
-                             num=args.num, seed=args.seed, teacher=args.teacher, sweep=args.sweep)
+                             num=args.num, seed=args.seed, teacher=args.teacher, sweep=args.sweep,
+                             extra=args.overrides)
         print(format_methods_table(result))
         return 0
     if args._bench == "threads":
