@@ -1,5 +1,5 @@
-"""`distill bench step|sample` write DESIGN.md's JSON shapes. Shapes only: speed goals live in the
-benchmarks (docs/benchmarks.md), never in timed tests."""
+"""`distill bench step|sample` write DESIGN.md's JSON shapes; `bench threads` and `bench quality` check their
+input. Shapes only: speed goals live in the benchmarks (docs/benchmarks.md), never in timed tests."""
 
 from __future__ import annotations
 
