@@ -111,10 +111,13 @@ class MethodConfig:
     # Curricula (distill/methods/curriculum.py), functions of the global step; auto: the method's own.
     curriculum: str = "auto"  # fixed (N) | ct (CM app. C) | ict (doubling, iCT eq. 8) | ect (ECT r(t))
     # | timesteps (LCM: the teacher's own timesteps, `skip` apart)
-    # fixed (mu) | adaptive (CM app. C: exp(s0 ln mu0 / N(k))) | none (stop-grad). CT's adaptive target collapsed
-    # to a constant output in a 4,500-step digits run where `none` trained (docs/benchmarks.md, "cosine lr").
+    # fixed (mu) | adaptive (CM app. C: exp(s0 ln mu0 / N(k))) | none (stop-grad).
     mu_schedule: str = "auto"
     mu0: float = 0.9  # adaptive mu's rate at N = s0 (CM paper, CIFAR-10 CT)
+    # Adaptive mu is scaled to the run: ln(mu) times mu_ref_steps / K, so the target lags the same share of the
+    # run as in the paper's 800k-step CIFAR-10 CT (the paper's formula at K = 800k). null: the formula as printed,
+    # whose lag collapses CT to a constant output in short runs (docs/benchmarks.md, "CT's target rate").
+    mu_ref_steps: int | None = 800_000
     s0: int | None = None  # N(k) from s0 + 1 ...; None: the paper's (CT 2, iCT 10)
     s1: int | None = None  # ... to s1 + 1 levels; None: the paper's (CT 150, iCT 1280)
     total_steps: int | None = None  # K of the curricula; None: trainer.max_steps

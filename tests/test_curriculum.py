@@ -27,6 +27,15 @@ def test_ct_curriculum_endpoints():
     assert C.ct_mu(151, 2, 0.9) > C.ct_mu(3, 2, 0.9)  # the target slows down as N grows
 
 
+def test_ct_mu_stretch_keeps_the_target_lag_a_share_of_the_run():
+    """stretch = K_ref / K multiplies ln(mu), so the lag -1/ln(mu) is the same share of a 4,500-step run as of
+    the paper's 800k-step one; stretch 1 is the paper's formula."""
+    paper, short = C.ct_mu(151, 2, 0.9), C.ct_mu(151, 2, 0.9, stretch=800_000 / 4500)
+    assert C.ct_mu(151, 2, 0.9, stretch=1.0) == paper
+    assert (-1 / math.log(short)) / 4500 == pytest.approx((-1 / math.log(paper)) / 800_000)
+    assert 1 / (1 - paper) > 700 and 1 / (1 - short) < 5  # 717 steps of lag in the paper, ~4.5 in 4,500 steps
+
+
 @pytest.mark.parametrize("k", [0, 49_999, 50_000, 99_999, 100_000, 250_000, 349_999, 350_000, 399_999])
 def test_ict_curriculum_matches_ict_paper(k):
     K, s0, s1 = 400_000, 10, 1280  # iCT eq. 8

@@ -4,6 +4,7 @@ call the teacher, and the method defaults resolve as the papers define them."""
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 
 import pytest
@@ -20,10 +21,10 @@ from distill.methods.plan import METHODS, plan
 from distill.training.module import ConsistencyDistillation
 
 TOY = "recipes/toy2d.yaml"
-# Test-sized runs (300 steps, < 10 s each); each method with its paper's loss, curricula shortened.
+# Test-sized runs (300 steps, < 10 s each); each method with its paper's loss and curriculum.
 RUNS = {
     "cd": [],
-    "ct": ["method.s1=20", "method.mu0=0.5"],
+    "ct": [],  # the paper's s1 = 150 and mu0 = 0.9, the rate scaled to the 300 steps
     "ict": ["loss.name=pseudo_huber", "loss.weighting=inverse_delta"],
     "ect": ["loss.name=pseudo_huber", "loss.c=0.0", "loss.weighting=inverse_delta"],
     "scd": ["method.tangent_warmup_steps=30"],
@@ -103,7 +104,7 @@ def test_method_defaults_follow_the_papers():
 
 
 def test_ct_target_network_follows_adaptive_mu():
-    cfg = resolve(TOY, ["method.name=ct", "trainer.max_steps=100", "method.mu0=0.9"])
+    cfg = resolve(TOY, ["method.name=ct", "trainer.max_steps=100", "method.mu0=0.9", "method.mu_ref_steps=null"])
     module = ConsistencyDistillation(cfg, teachers.load({"name": "toy2d"}))
     assert module.target is not None
     x0 = module.teacher.sample(32, torch.Generator().manual_seed(0))
@@ -117,6 +118,29 @@ def test_ct_target_network_follows_adaptive_mu():
     module.on_train_batch_end(None, None, 0)
     for o, t, s in zip(old, module.target.parameters(), module.student.parameters()):
         assert torch.allclose(t, mu * o + (1 - mu) * s, atol=1e-6)
+
+
+def test_ct_adaptive_mu_is_scaled_to_the_run():
+    """The paper's rate at its own K = 800k (or with mu_ref_steps null); ln(mu) times 800k / K otherwise, K being
+    the steps after a denoiser warm start."""
+    exact = teachers.load({"name": "toy2d"})
+
+    def mu(overrides, k):
+        return plan(resolve(TOY, ["method.name=ct", *overrides]), exact, 0.002, 80.0).mu(k)
+
+    for k in (0, 400_000, 799_999):
+        assert mu(["trainer.max_steps=800000"], k) == C.ct_mu(C.ct_N(k, 800_000), 2, 0.9)
+    assert mu(["trainer.max_steps=4500", "method.mu_ref_steps=null"], 4499) == C.ct_mu(C.ct_N(4499, 4500), 2, 0.9)
+    n = C.ct_N(4499, 4500)
+    assert mu(["trainer.max_steps=4500"], 4499) == pytest.approx(math.exp(800_000 / 4500 * 2 * math.log(0.9) / n))
+    warm = ["trainer.max_steps=5000", "student.denoiser_steps=500"]
+    assert mu(warm, 4499) == pytest.approx(mu(["trainer.max_steps=4500"], 4499))
+
+
+@pytest.mark.parametrize("key,value", [("method.mu0", 1.0), ("method.mu0", 0), ("method.mu_ref_steps", 0)])
+def test_ct_rates_out_of_range_are_refused(key, value):
+    with pytest.raises(config.ConfigError, match=key):
+        resolve(TOY, ["method.name=ct", f"{key}={value}"])
 
 
 def test_pairs_depend_on_the_step_alone():

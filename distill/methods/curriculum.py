@@ -5,6 +5,10 @@ uninterrupted one would be (Lightning restores the step, not any scheduler objec
 
 - CT (Song et al. 2023, Consistency Models, appendix C):
       N(k) = ceil(sqrt(k/K ((s1 + 1)^2 - s0^2) + s0^2) - 1) + 1,   mu(k) = exp(s0 ln(mu0) / N(k)).
+  N(k) is a function of k/K, mu(k) is not: the target lags ~1/(1 - mu) steps whatever K is. The paper's pair was
+  set for K = 800k; in a short run N(k) outruns the lagging target and CT collapses to a constant output
+  (docs/benchmarks.md, "cosine lr"). `ct_mu`'s `stretch` = 800k / K scales ln(mu), so the lag is the same share
+  of the run as in the paper's (method.mu_ref_steps; the paper's formula exactly at K = 800k or with null).
 - iCT (Song & Dhariwal 2023, Improved Techniques for Training Consistency Models, sec. 3.4, eq. 8):
       N(k) = min(s0 2^floor(k/K'), s1) + 1,   K' = floor(K / (log2 floor(s1/s0) + 1)).
 - ECT (Geng et al. 2024, Consistency Models Made Easy, sec. 3.2-3.3, "mapping function"): continuous
@@ -34,13 +38,15 @@ def ct_N(k: int, total: int, s0: int = 2, s1: int = 150) -> int:
     return math.ceil(math.sqrt(frac * ((s1 + 1) ** 2 - s0**2) + s0**2) - 1) + 1
 
 
-def ct_mu(n_levels: int, s0: int = 2, mu0: float = 0.9) -> float:
+def ct_mu(n_levels: int, s0: int = 2, mu0: float = 0.9, stretch: float = 1.0) -> float:
     """CM paper, appendix C: mu(k) = exp(s0 ln(mu0) / N(k)); mu = mu0 at k = 0, where N = s0.
 
+    `stretch` multiplies ln(mu): with stretch = K_ref / K the lag 1/(1 - mu) ~ -1/ln(mu) is the same share of a
+    K-step run as of the K_ref-step run the rate was set for (module doc); 1 is the paper's formula.
     OpenAI's code (consistency_models, `create_ema_and_scales_fn`) divides by N(k) - 1 instead (it applies
     the +1 after computing the rate); we follow the paper's formula.
     """
-    return math.exp(s0 * math.log(mu0) / n_levels)
+    return math.exp(stretch * s0 * math.log(mu0) / n_levels)
 
 
 def ict_N(k: int, total: int, s0: int = 10, s1: int = 1280) -> int:

@@ -86,13 +86,14 @@ class ConsistencyPlan:
     mu0: float
     s0: int
     objective: object = None  # sCD/sCT: the continuous-time loss (an nn.Module holding w_phi); None: pairs
+    mu_stretch: float = 1.0  # adaptive mu: ln(mu) times K_ref / K (distill/methods/curriculum.py, ct_mu)
 
     def mu(self, k: int) -> float:
         """Target network rate at step k (0 = the stop-gradient student itself)."""
         if self.mu_schedule == "fixed":
             return self.mu_fixed
         if self.mu_schedule == "adaptive":
-            return C.ct_mu(self.levels(k), self.s0, self.mu0)
+            return C.ct_mu(self.levels(k), self.s0, self.mu0, self.mu_stretch)
         return 0.0
 
     @property
@@ -203,7 +204,9 @@ def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
         warnings.warn(f"method.name={m.name} tunes the teacher's weights, but the student does not start from "
                       "them (no teacher network, or student.init=network): it trains from scratch", stacklevel=2)
     s0 = _pick(m.s0, C.CT_DEFAULTS[0] if curriculum != "ict" else C.ICT_DEFAULTS[0])
-    return ConsistencyPlan(method, curriculum, mu_schedule, target, pairs, levels, m.mu, m.mu0, s0)
+    stretch = 1.0 if m.mu_ref_steps is None else m.mu_ref_steps / total
+    return ConsistencyPlan(method, curriculum, mu_schedule, target, pairs, levels, m.mu, m.mu0, s0,
+                           mu_stretch=stretch)
 
 
 def _continuous_plan(cfg, teacher, method: Method, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
