@@ -36,6 +36,7 @@ SCALARS: dict[str, tuple[Callable[[object], bool], str]] = {
     "method.skip": (lambda v: v >= 1, "at least 1"),
     "method.mu0": (lambda v: _finite(v) and 0 < v < 1, "a rate in (0, 1), e.g. 0.9"),
     "method.mu_ref_steps": (lambda v: v is None or v >= 1, "a positive number of steps (800000), or null"),
+    "method.total_steps": (lambda v: v is None or v >= 1, "a positive number of steps, or null (trainer.max_steps)"),
     "data.num_workers": (lambda v: v >= 0, ">= 0"),
     "eval.every_n_steps": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
     "eval.grid_every_n_steps": (lambda v: v >= 0, ">= 0 (0: only at the end)"),

@@ -137,10 +137,21 @@ def test_ct_adaptive_mu_is_scaled_to_the_run():
     assert mu(warm, 4499) == pytest.approx(mu(["trainer.max_steps=4500"], 4499))
 
 
-@pytest.mark.parametrize("key,value", [("method.mu0", 1.0), ("method.mu0", 0), ("method.mu_ref_steps", 0)])
-def test_ct_rates_out_of_range_are_refused(key, value):
+@pytest.mark.parametrize("key,value", [("method.mu0", 1.0), ("method.mu0", 0), ("method.mu_ref_steps", 0),
+                                       ("method.total_steps", 0)])
+def test_ct_schedule_values_out_of_range_are_refused(key, value):
     with pytest.raises(config.ConfigError, match=key):
         resolve(TOY, ["method.name=ct", f"{key}={value}"])
+
+
+def test_curricula_without_a_step_budget_are_refused():
+    """`trainer.max_steps: -1` leaves K undefined: CT's N(k) and its scaled rate need it (or method.total_steps)."""
+    exact = teachers.load({"name": "toy2d"})
+    with pytest.raises(ValueError, match="method.total_steps"):
+        plan(resolve(TOY, ["method.name=ct", "trainer.max_steps=-1"]), exact, 0.002, 80.0)
+    p = plan(resolve(TOY, ["method.name=ct", "trainer.max_steps=-1", "method.total_steps=800000"]), exact, 0.002, 80.0)
+    assert p.mu(0) == pytest.approx(0.9)
+    assert plan(resolve(TOY, ["method.name=cd", "trainer.max_steps=-1"]), exact, 0.002, 80.0).mu(10**6) == 0.0
 
 
 def test_pairs_depend_on_the_step_alone():

@@ -183,6 +183,12 @@ def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
     if curriculum == "ect" and m.skip != 1:
         raise ValueError("method.skip applies to grid curricula; ECT draws continuous (t, r) pairs")
     total = method_steps(cfg)  # K of the curricula
+    needs_k = (curriculum in ("ct", "ict") or (curriculum == "ect" and m.ect_stage_steps is None)
+               or (mu_schedule == "adaptive" and m.mu_ref_steps is not None))
+    if total < 1 and needs_k:
+        raise ValueError(f"method.name={m.name}: its curriculum and target rate are functions of k / K, and K (the "
+                         f"method's steps: trainer.max_steps={cfg.trainer.max_steps} less any warm start) is not "
+                         "a positive number; set trainer.max_steps, or method.total_steps")
     levels = _levels(curriculum, m, total)
     if curriculum == "timesteps":
         pairs = timestep_pairs(teacher, m, sigma_min, sigma_max)
