@@ -119,3 +119,30 @@ def test_bench_quality_rejects_a_bad_override_before_training(run_cli):
     proc = run_cli("bench", "quality", "--method", "cd,ct", "--steps", "2", "method.bogus=1", timeout=120)
     assert proc.returncode == 2 and "method.bogus" in proc.stderr
     assert "reference ODE" not in proc.stdout + proc.stderr  # failed before the expensive part began
+
+
+def test_quality_sweep_steps_from_the_ode_endpoints():
+    """`from_ode` starts one step at the teacher's ODE endpoints re-noised to s. With the exact digits denoiser as
+    the "student", a step from s = 0.2 returns the endpoints themselves (training digits, each far from the
+    others at that noise), so it scores what the endpoints score; from s = 10 it returns blurred posterior means."""
+    import teachers
+    from distill.bench.quality import SWEEP_SIGMAS, Evaluator
+
+    teacher = teachers.load({"name": "digits"})
+
+    class Denoiser(torch.nn.Module):
+        sigma_min, sigma_max = teacher.sigma_min, teacher.sigma_max
+
+        def __init__(self):
+            super().__init__()
+            self.unused = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x, sigma, cond=None):
+            return teacher.denoise(x.double(), torch.full((x.shape[0],), float(sigma), dtype=torch.float64)).float()
+
+    evaluate = Evaluator(teacher, 64, 0)
+    sweep = evaluate.sweep(Denoiser())
+    assert len(sweep["from_ode"]) == len(SWEEP_SIGMAS)
+    endpoints = evaluate.fid(evaluate.reference)
+    assert sweep["from_ode"][0] == pytest.approx(endpoints, rel=0.02)
+    assert sweep["from_ode"][-1] > 2 * endpoints

@@ -16,7 +16,8 @@ beside the result. CD and sCD evaluate the exact teacher at every step; CT, iCT,
 trained once and cached, distill/bench/network_teacher.py) and students copied from its backbone
 (recipes/digits_edm_cd.yaml, every method; ECT then needs no pretraining of its own). FID is then against the
 digits data the teacher was trained on, and each report also holds the teacher's own 35-NFE EDM Heun row and
-the student's FID as a ratio of it. `--sweep` adds the 2-step FID at second sigmas log-spaced over [0.2, 10].
+the student's FID as a ratio of it. `--sweep` adds the 2-step FID at second sigmas log-spaced over [0.2, 10],
+and the 1-step FID from the teacher's ODE endpoints re-noised to each (`Evaluator.sweep`).
 """
 
 from __future__ import annotations
@@ -191,12 +192,22 @@ class Evaluator:
 
     @torch.no_grad()
     def sweep(self, student) -> dict:
-        """2-step FID at [sigma_max, s] for s in SWEEP_SIGMAS (same noises): where the second step may go."""
+        """2-step FID at [sigma_max, s] for s in SWEEP_SIGMAS (same noises): where the second step may go.
+
+        `from_ode`: FID of one step from s when the step starts at the teacher's ODE endpoints re-noised to s
+        (the second step's input without the first step's errors). Where it is worse than the 1-step FID, the
+        student itself is worse from s than from sigma_max, and no first step can make two steps better.
+        """
         from distill.sampling import consistency_sample
 
         fids = [self.fid(consistency_sample(student, self.noise, [student.sigma_max, s]).double().cpu())
                 for s in SWEEP_SIGMAS]
-        return {"sigmas": list(SWEEP_SIGMAS), "fid": fids, "max_over_min": max(fids) / min(fids)}
+        dev = next(student.parameters()).device
+        endpoints = self.reference.to(dev, torch.float32)
+        from_ode = [self.fid(student(endpoints + (s * s - student.sigma_min**2) ** 0.5 * self.noise[1].to(dev), s)
+                             .double().cpu()) for s in SWEEP_SIGMAS]
+        return {"sigmas": list(SWEEP_SIGMAS), "fid": fids, "max_over_min": max(fids) / min(fids),
+                "from_ode": from_ode}
 
 
 def run_quality(methods=("cd", "ct", "ict", "ect"), json_path: str | Path | None = None, *,
@@ -294,4 +305,6 @@ def format_methods_table(results: dict) -> str:
                   "|---|" + "---|" * (len(sigmas) + 1)]
         lines += [f"| {m} | " + " | ".join(f"{f:.2f}" for f in sw["fid"]) + f" | {sw['max_over_min']:.2f} |"
                   for m, sw in sweeps.items()]
+        lines += [f"| {m}, 1 step from the ODE endpoints at s | " + " | ".join(f"{f:.2f}" for f in sw["from_ode"])
+                  + " | |" for m, sw in sweeps.items()]
     return "\n".join(lines)
