@@ -210,7 +210,7 @@ def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
         warnings.warn(f"method.name={m.name} tunes the teacher's weights, but the student does not start from "
                       "them (no teacher network, or student.init=network): it trains from scratch", stacklevel=2)
     s0 = _pick(m.s0, C.CT_DEFAULTS[0] if curriculum != "ict" else C.ICT_DEFAULTS[0])
-    stretch = 1.0 if m.mu_ref_steps is None else m.mu_ref_steps / total
+    stretch = m.mu_ref_steps / total if mu_schedule == "adaptive" and m.mu_ref_steps is not None else 1.0
     return ConsistencyPlan(method, curriculum, mu_schedule, target, pairs, levels, m.mu, m.mu0, s0,
                            mu_stretch=stretch)
 
