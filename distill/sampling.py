@@ -102,12 +102,20 @@ def to_image_range(student, x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def noise_scales(student, sigmas: Sequence[float]) -> list[float]:
+    """The noise multiplier before each student evaluation of multistep sampling: sigma_0, then
+    sqrt(s^2 - s_min^2) (CM Alg. 1); the student's own `noise_scales` give other families' (LCM's,
+    distill/methods/lcm.py)."""
+    if hasattr(student, "noise_scales"):
+        return student.noise_scales(sigmas)
+    return [sigmas[0]] + [(s**2 - student.sigma_min**2) ** 0.5 for s in sigmas[1:]]
+
+
 def consistency_sample(student, noise: list[torch.Tensor], sigmas: Sequence[float], cond=None) -> torch.Tensor:
-    """CM Alg. 1: x = f(sigma_0 z_0, sigma_0); then x = f(x + sqrt(s^2 - s_min^2) z_k, s) for each s (the
-    student's `noise_scales` give other families' multipliers, e.g. LCM's, distill/methods/lcm.py)."""
+    """CM Alg. 1: x = f(sigma_0 z_0, sigma_0); then x = f(x + sqrt(s^2 - s_min^2) z_k, s) for each s
+    (multipliers from `noise_scales`)."""
     dev = next(student.parameters()).device
-    scales = student.noise_scales(sigmas) if hasattr(student, "noise_scales") else \
-        [sigmas[0]] + [(s**2 - student.sigma_min**2) ** 0.5 for s in sigmas[1:]]
+    scales = noise_scales(student, sigmas)
     x = student(noise[0].to(dev) * scales[0], sigmas[0], cond)
     for k, s in enumerate(sigmas[1:], start=1):
         x = student(x + scales[k] * noise[k].to(dev), s, cond)

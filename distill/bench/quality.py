@@ -198,13 +198,14 @@ class Evaluator:
         (the second step's input without the first step's errors). Where it is worse than the 1-step FID, the
         student itself is worse from s than from sigma_max, and no first step can make two steps better.
         """
-        from distill.sampling import consistency_sample
+        from distill.sampling import consistency_sample, noise_scales
 
         fids = [self.fid(consistency_sample(student, self.noise, [student.sigma_max, s]).double().cpu())
                 for s in SWEEP_SIGMAS]
         dev = next(student.parameters()).device
-        endpoints = self.reference.to(dev, torch.float32)
-        from_ode = [self.fid(student(endpoints + (s * s - student.sigma_min**2) ** 0.5 * self.noise[1].to(dev), s)
+        endpoints, z = self.reference.to(dev, torch.float32), self.noise[1].to(dev)
+        # The second step's own re-noising (the same multiplier as consistency_sample's), from the endpoints.
+        from_ode = [self.fid(student(endpoints + noise_scales(student, [student.sigma_max, s])[1] * z, s)
                              .double().cpu()) for s in SWEEP_SIGMAS]
         return {"sigmas": list(SWEEP_SIGMAS), "fid": fids, "max_over_min": max(fids) / min(fids),
                 "from_ode": from_ode}
