@@ -183,8 +183,8 @@ def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
     if curriculum == "ect" and m.skip != 1:
         raise ValueError("method.skip applies to grid curricula; ECT draws continuous (t, r) pairs")
     total = method_steps(cfg)  # K of the curricula
-    needs_k = (curriculum in ("ct", "ict") or (curriculum == "ect" and m.ect_stage_steps is None)
-               or (mu_schedule == "adaptive" and m.mu_ref_steps is not None))
+    scaled_rate = mu_schedule == "adaptive" and m.mu_ref_steps is not None  # ln(mu) times mu_ref_steps / K
+    needs_k = curriculum in ("ct", "ict") or (curriculum == "ect" and m.ect_stage_steps is None) or scaled_rate
     if total < 1 and needs_k:
         raise ValueError(f"method.name={m.name}: its curriculum and target rate are functions of k / K, and K (the "
                          f"method's steps: trainer.max_steps={cfg.trainer.max_steps} less any warm start) is not "
@@ -210,9 +210,8 @@ def plan(cfg, teacher, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
         warnings.warn(f"method.name={m.name} tunes the teacher's weights, but the student does not start from "
                       "them (no teacher network, or student.init=network): it trains from scratch", stacklevel=2)
     s0 = _pick(m.s0, C.CT_DEFAULTS[0] if curriculum != "ict" else C.ICT_DEFAULTS[0])
-    stretch = m.mu_ref_steps / total if mu_schedule == "adaptive" and m.mu_ref_steps is not None else 1.0
     return ConsistencyPlan(method, curriculum, mu_schedule, target, pairs, levels, m.mu, m.mu0, s0,
-                           mu_stretch=stretch)
+                           mu_stretch=m.mu_ref_steps / total if scaled_rate else 1.0)
 
 
 def _continuous_plan(cfg, teacher, method: Method, sigma_min: float, sigma_max: float) -> ConsistencyPlan:
