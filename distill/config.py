@@ -122,7 +122,7 @@ class MethodConfig:
     s1: int | None = None  # ... to s1 + 1 levels; None: the paper's (CT 150, iCT 1280)
     total_steps: int | None = None  # K of the curricula; None: trainer.max_steps
     # Lognormal over ln(sigma) (iCT index sampling, ECT's t, sCM's t); None: the method's paper's
-    # (iCT/ECT -1.1, 2.0; sCD -0.8, 1.6; sCT -1.0, 1.4: distill/methods/plan.py).
+    # (iCT/ECT -1.1, 2.0; sCD and sCT -1.0, 1.4: distill/methods/plan.py).
     p_mean: float | None = None
     p_std: float | None = None
     ect_q: float = 2.0  # ECT: the gap t - r shrinks by q every ect_stage_steps (None: K / 8)

@@ -83,7 +83,7 @@ def test_adaptive_weight_learns_the_inverse_loss():
 
 def test_method_defaults_and_refusals():
     exact = teachers.load({"name": "toy2d"})
-    for name, (p_mean, p_std, uses_teacher) in {"scd": (-0.8, 1.6, True), "sct": (-1.0, 1.4, False)}.items():
+    for name, (p_mean, p_std, uses_teacher) in {"scd": (-1.0, 1.4, True), "sct": (-1.0, 1.4, False)}.items():
         p = plan(resolve(TOY, [f"method.name={name}"]), exact, 0.002, 80.0)
         assert (p.pairs.p_mean, p.pairs.p_std) == (p_mean, p_std)
         assert p.target.uses_teacher == uses_teacher and not p.has_target_network and p.mu(0) == 0
