@@ -9,6 +9,7 @@ trains each consistency method on the digits benchmark for one budget and report
 from __future__ import annotations
 
 import importlib
+import sys
 
 
 def add_parser(sub, name):
@@ -159,7 +160,10 @@ def run(args) -> int:
         if args.steps is not None and args.steps < 1:
             raise BadInput(f"--steps must be positive, got {args.steps}")
         if args.threads:
-            torch.set_num_threads(args.threads)
+            torch.set_num_threads(args.threads)  # the line `distill` printed first was its own automatic choice
+            plural = "s" if args.threads != 1 else ""
+            print(f"distill: --threads {args.threads}: {args.threads} intra-op thread{plural}", file=sys.stderr,
+                  flush=True)
         steps = args.steps if args.steps is not None or args.teacher == "network" else 1500
         result = run_quality(methods, args.json, steps=steps, ect_pretrain_steps=args.ect_pretrain_steps,
                              num=args.num, seed=args.seed, teacher=args.teacher, sweep=args.sweep,
