@@ -146,3 +146,24 @@ def test_quality_sweep_steps_from_the_ode_endpoints():
     endpoints = evaluate.fid(evaluate.reference)
     assert sweep["from_ode"][0] == pytest.approx(endpoints, rel=0.02)
     assert sweep["from_ode"][-1] > 2 * endpoints
+
+
+def test_quality_sweep_scores_a_perfect_students_two_steps():
+    """`exact_second_step(s)` is a perfect consistency model's 2 steps [sigma_max, s]: the teacher's ODE from the
+    exact endpoints re-noised to s. From s = 0.2 it returns to the same training digits (but for the odd sample
+    with a near twin among them); from s = 10 to other ones, which are still training digits: a new draw of exact
+    samples, the perfect student's only error."""
+    import teachers
+    from distill.bench.quality import Evaluator
+
+    teacher = teachers.load({"name": "digits"})
+    evaluate = Evaluator(teacher, 64, 0)
+
+    def rms(a, b):
+        return (a - b).flatten(1).square().mean(1).sqrt()
+
+    near, far = evaluate.exact_second_step(0.2), evaluate.exact_second_step(10.0)
+    assert (rms(near, evaluate.reference) < 0.01).float().mean() > 0.9
+    assert (rms(far, evaluate.reference) > 0.3).float().mean() > 0.9
+    for x in (near, far):  # RMS distance to the nearest training digit: sigma_min's noise and no more
+        assert (torch.cdist(x.flatten(1), teacher.means.to(x.dtype)).min(1).values / x[0].numel() ** 0.5).max() < 0.01
