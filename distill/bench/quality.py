@@ -214,6 +214,7 @@ class Evaluator:
         return {"sigmas": list(SWEEP_SIGMAS), "fid": fids, "max_over_min": max(fids) / min(fids),
                 "from_ode": from_ode, "exact": exact, "exact_max_over_min": max(exact) / min(exact)}
 
+    @torch.no_grad()
     def exact_second_step(self, s: float) -> torch.Tensor:
         """A perfect consistency model's 2-step samples [sigma_max, s] on these noises: its first step is the exact
         ODE endpoint, its second the teacher's ODE from that endpoint re-noised to s (CM Alg. 1's multiplier,
