@@ -63,9 +63,9 @@ METHODS = {
     "lcm": Method("lcm", target="teacher", curriculum="timesteps", mu_schedule="fixed", index_sampling="uniform",
                   from_teacher_weights=True, boundary="lcm"),
     # sCM (Lu & Song 2024) on CIFAR-10: P_mean -1.0, P_std 1.4 for sCT and sCD alike (NVlabs FastGen's CIFAR-10 sCM
-    # config, whose use_cd switch leaves the proposal as it is). FACTS.md's -0.8, 1.6
-    # for CIFAR-10 sCD is not in that config, and on the digits it halved sCD's quality (FID 40.9 against 21.5 over
-    # three seeds; docs/benchmarks.md, "sCD's proposal").
+    # config, whose use_cd switch leaves the proposal as it is). FACTS.md's -0.8, 1.6 for CIFAR-10 sCD is not in
+    # that config, and on the digits it halved sCD's quality (FID 40.9 against 21.5 over three seeds;
+    # docs/benchmarks.md, "sCD's proposal").
     "scd": Method("scd", target="teacher", curriculum="continuous", mu_schedule="none", index_sampling="lognormal",
                   parameterisation="trigflow", p_mean=-1.0, p_std=1.4),
     "sct": Method("sct", target="data", curriculum="continuous", mu_schedule="none", index_sampling="lognormal",
