@@ -53,3 +53,18 @@ def test_balls_reach_the_kth_neighbour_by_hand():
     # k = 3: real radii 7, 6, 4, 7 (the third nearest other point); the ball of 7 reaches [0, 14]: 12 is
     # inside now, 20 is not -> 3/4.
     assert precision_recall(real, fake, k=3)["precision"] == 0.75
+
+
+def test_repeated_points_still_make_a_manifold():
+    """Exact samples of a finite data set repeat its points once they outnumber it. Each set's manifold is built
+    from its distinct points: a point repeated k times would be its own k-th neighbour, at distance 0, and add no
+    ball, so precision against 1,200 draws of 300 points would be near 0 for samples of the same distribution."""
+    real = gauss(300, seed=6).repeat(4, 1)
+    fake = gauss(1000, seed=7)
+    pr = precision_recall(real, fake)
+    assert pr["precision"] > 0.8 and pr["recall"] > 0.8
+    # The same on the other side: a generator that repeats its samples keeps its recall.
+    assert precision_recall(gauss(1000, seed=8), gauss(300, seed=9).repeat(4, 1))["recall"] > 0.8
+    # A set with at most k distinct points keeps its repeats: its manifold is the points themselves.
+    point = torch.zeros(10, 4, dtype=torch.float64)
+    assert precision_recall(point, point) == {"precision": 1.0, "recall": 1.0}
