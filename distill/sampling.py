@@ -101,7 +101,6 @@ def to_image_range(student, x: torch.Tensor) -> torch.Tensor:
     return x.clamp(-1, 1) if len(student.image_shape) == 3 else x
 
 
-@torch.no_grad()
 def noise_scales(student, sigmas: Sequence[float]) -> list[float]:
     """The noise multiplier before each student evaluation of multistep sampling: sigma_0, then
     sqrt(s^2 - s_min^2) (CM Alg. 1); the student's own `noise_scales` give other families' (LCM's,
@@ -111,6 +110,7 @@ def noise_scales(student, sigmas: Sequence[float]) -> list[float]:
     return [sigmas[0]] + [(s**2 - student.sigma_min**2) ** 0.5 for s in sigmas[1:]]
 
 
+@torch.no_grad()
 def consistency_sample(student, noise: list[torch.Tensor], sigmas: Sequence[float], cond=None) -> torch.Tensor:
     """CM Alg. 1: x = f(sigma_0 z_0, sigma_0); then x = f(x + sqrt(s^2 - s_min^2) z_k, s) for each s
     (multipliers from `noise_scales`)."""
