@@ -116,13 +116,18 @@ def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = 3) -> dict
 
     def manifold(x):
         distinct = torch.unique(x, dim=0)
-        return distinct if len(distinct) > k else x
+        return distinct if k < len(distinct) < len(x) else x
 
     def prc(fake_set, real_set):
         return prc_features_to_metric(fake_set, real_set, prc_neighborhood=k, save_cpu_ram=True, verbose=False)
 
-    precision = prc(fake, manifold(real))["precision"]
-    recall = prc(manifold(fake), real)["recall"]
+    real_balls, fake_balls = manifold(real), manifold(fake)
+    if real_balls is real and fake_balls is fake:  # no repeats (the usual case): one pass gives both
+        out = prc(fake, real)
+        precision, recall = out["precision"], out["recall"]
+    else:
+        precision = prc(fake, real_balls)["precision"]
+        recall = prc(fake_balls, real)["recall"]
     # Both are shares of points, averaged in float32 there: back to the exact fraction count / N.
     return {"precision": round(precision * len(fake)) / len(fake), "recall": round(recall * len(real)) / len(real)}
 
