@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distill.sampling import labels_for, per_sample_noise, snap_to_training_levels, to_image_range
+from distill.sampling import labels_for, noise_scales, per_sample_noise, snap_to_training_levels, to_image_range
 
 # Luminance weights (ITU-R BT.601, as the CM reference code uses), scaled to sum to one so that a grey
 # pixel (v, v, v) has luminance v exactly.
@@ -156,8 +156,11 @@ def consistency_edit(student, y: torch.Tensor, obs: Observation | None, sigmas: 
     s0 = float(sigmas[0])
     x = student(y if noisy_start else y + s0 * noise[0].to(dev), s0, cond)
     x = bound(x) if obs is None else obs.project(bound(x), y)
+    # The re-noising multipliers of sampling (CM Alg. 1, or a family's own: LCM's), so an edit and a sample
+    # re-noise alike; the first step noises the observation y itself, data + s0 z.
+    scales = noise_scales(student, [float(s) for s in sigmas])
     for k, s in enumerate(sigmas[1:], start=1):
-        x_hat = x + (float(s) ** 2 - student.sigma_min**2) ** 0.5 * noise[k].to(dev)
+        x_hat = x + scales[k] * noise[k].to(dev)
         x = bound(student(x_hat, float(s), cond))
         if obs is not None:
             x = obs.project(x, y)

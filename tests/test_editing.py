@@ -117,6 +117,30 @@ def test_editing_is_independent_of_batch_size(grey, digits):
     assert (grey.inpaint(digits[:6], mask, seed=8) - all_).abs().max() > 1e-3  # the seed matters
 
 
+class _IdentityWithScales(torch.nn.Module):
+    """f(x, s) = x with a family's own re-noising multipliers (as LCM students have)."""
+    sigma_min = 0.002
+
+    def __init__(self, scales):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # a parameter, so editing finds a device
+        self.scales = scales
+
+    def noise_scales(self, sigmas):
+        return self.scales
+
+    def forward(self, x, sigma, cond=None):
+        return x
+
+
+def test_edits_re_noise_with_the_students_own_multipliers():
+    y = torch.zeros(2, 1, 4, 4)
+    noise = [torch.full((2, 1, 4, 4), 0.01), torch.full((2, 1, 4, 4), 0.1)]
+    x = editing.consistency_edit(_IdentityWithScales([7.0, 2.0]), y, None, [1.0, 0.5], noise)
+    # First step: y + s0 z_0 (the observation noised, not the family's start multiplier 7); then + 2 z_1.
+    assert torch.allclose(x, torch.full_like(x, 1.0 * 0.01 + 2.0 * 0.1))
+
+
 def test_interpolation_ends_are_the_seeds_samples(grey):
     strip = grey.interpolate(3, 11, num=5)
     assert strip.shape == (5, 1, 8, 8)
