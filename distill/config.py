@@ -130,10 +130,6 @@ class MethodConfig:
     ect_k: float = 8.0  # ECT's n(t) = 1 + k sigmoid(-b t)
     ect_b: float = 1.0
     dropout: float | None = None  # rate of the student's dropout layers; None: as the network was built
-    # CD only: the share of each batch whose x0 is the student's own one-step sample (no gradient), so that the
-    # consistency pairs also lie on the teacher's ODE trajectories through re-noised student outputs: the inputs
-    # of its second sampling step (distill/training/module.py, `own_starts`).
-    own_samples: float = 0.0
     # sCD/sCT (distill/methods/scm.py): tangent warm-up over the first H steps (sCM: 10k) and normalisation constant.
     tangent_warmup_steps: int = 10000
     tangent_c: float = 0.1
@@ -392,11 +388,6 @@ def to_config(data: dict) -> DictConfig:
         raise ConfigError(f"data.batch_size must be positive, got {cfg.data.batch_size}")
     if not (0.0 <= cfg.method.mu < 1.0):
         raise ConfigError(f"method.mu must lie in [0, 1), got {cfg.method.mu}")
-    if not 0.0 <= cfg.method.own_samples <= 1.0:
-        raise ConfigError(f"method.own_samples must lie in [0, 1], got {cfg.method.own_samples}")
-    if cfg.method.own_samples and cfg.method.name != "cd":
-        raise ConfigError(f"method.own_samples needs CD's teacher ODE; {cfg.method.name}'s target would treat the "
-                          "student's own samples as data: set method.own_samples=0 or method.name=cd")
     check_values(cfg)
     if cfg.student.denoiser_steps < 0 or (cfg.trainer.max_steps > 0 and
                                            cfg.student.denoiser_steps >= cfg.trainer.max_steps):

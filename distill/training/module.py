@@ -26,7 +26,6 @@ from distill.math.schedules import cd_grid
 from distill.methods.denoiser import denoiser_loss, edm_sigmas
 from distill.methods.losses import build_distance, weighting
 from distill.methods.plan import method_steps, plan
-from distill.sampling import noise_scales
 from distill.training.lr_schedule import lr_factor
 from distill.training.student import build_student
 from teachers.base import expand_like
@@ -86,7 +85,6 @@ class ConsistencyDistillation(L.LightningModule):
         # Recorded in student.json: sampling snaps to the levels of a student trained on a grid.
         self.student.training_sigmas = self.plan.training_sigmas(method_steps(cfg))
         self.denoiser_steps = warm_start_steps(cfg)
-        self.own_rows = round(cfg.method.own_samples * cfg.data.batch_size)
         # sCD/sCT's objective holds the learned weighting w_phi: registered (optimised, checkpointed, in DDP).
         self.objective = self.plan.objective
 
@@ -122,10 +120,8 @@ class ConsistencyDistillation(L.LightningModule):
         sigma_cur, sigma_next = pair.to(x0.dtype).unbind(1)
         z = self.rank_part(lambda b: torch.randn((b, *x0.shape[1:]), generator=gen, device=self.device,
                                                  dtype=x0.dtype), x0.shape[0])
-        cond = self.condition(labels, gen, x0.shape[0])
-        if self.own_rows:
-            x0 = self.own_starts(x0, cond, gen)
         x_next = x0 + expand_like(sigma_next, x0) * z
+        cond = self.condition(labels, gen, x0.shape[0])
         # CD: the teacher's ODE from t_{n+1} down to t_n; CT/iCT/ECT: x0 + t_n z with the same z.
         x_cur = self.plan.target(x0, z, x_next, sigma_next, sigma_cur, cond)
         pred, target = self.consistency_pair(x_next, sigma_next, x_cur, sigma_cur, cond, dropout_seed)
@@ -135,22 +131,6 @@ class ConsistencyDistillation(L.LightningModule):
         self._mu = self.plan.mu(k)  # theta^-'s rate for this step's update (on_train_batch_end)
         self._log_loss("train/loss", loss)
         return loss
-
-    @torch.no_grad()
-    def own_starts(self, x0, cond, gen):
-        """x0 with its first `own_rows` rows replaced by the student's own one-step samples (method.own_samples).
-
-        Sampling's second step evaluates f(x_1 + s z, s) at the student's output x_1, off the data: training
-        pairs drawn only from data + noise never visit it, and the demo's 2-step FID was worse than its 1-step
-        (docs/benchmarks.md, "Training on the student's own samples"). CD's loss holds on any ODE trajectory,
-        so these rows are pairs on the teacher's trajectories through x_1 + sigma z. The same draw for every
-        rank's slice, like the pairs (`rank_part`)."""
-        n = self.own_rows
-        noise = self.rank_part(lambda b: torch.randn((b, *x0.shape[1:]), generator=gen, device=self.device,
-                                                     dtype=x0.dtype), x0.shape[0])[:n]
-        s = self.student
-        first = s(noise * noise_scales(s, [s.sigma_max])[0], s.sigma_max, None if cond is None else cond[:n])
-        return torch.cat([first.to(x0.dtype), x0[n:]])
 
     def denoiser_step(self, x0, cond, gen):
         """Warm start (distill/methods/denoiser.py): EDM's denoiser loss for the student's network F, regressed
