@@ -220,9 +220,10 @@ class Evaluator:
         ODE endpoint, its second the teacher's ODE from that endpoint re-noised to s (CM Alg. 1's multiplier,
         the same second noise as the student's) back to sigma_min."""
         from distill.math.solvers import reference_solution
+        from distill.sampling import noise_scales
 
         t = self.teacher
-        x_s = self.reference + (s**2 - t.sigma_min**2) ** 0.5 * self.noise[1].double()
+        x_s = self.reference + noise_scales(t, [t.sigma_max, s])[1] * self.noise[1].double()
         # FID only sees which image each sample lands on: at 1e-5 the samples move by ~5e-5 from the 1e-8 solve
         # (digits, s = 10), and the solve takes a quarter of the time.
         tol = max(self.tol, 1e-5)
